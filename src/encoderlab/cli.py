@@ -1,0 +1,87 @@
+"""`encoderlab` console script: a thin dispatcher that never imports torch or lightning itself."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from encoderlab import __version__
+
+USAGE = f"""\
+encoderlab {__version__}: config-driven text-classification experiments (Hydra + Lightning + MLflow)
+
+usage: encoderlab <command> [hydra overrides and flags]
+
+commands:
+  train     fine-tune / train an encoder from the composed config (conf/train.yaml)
+            encoderlab train experiment=sst2_minilm optimizer.lr=3e-5
+            encoderlab train -m experiment=sst2_minilm optimizer.lr=1e-5,3e-5   (Hydra multirun)
+            encoderlab train --cfg job experiment=imdb_bert                   (print the config)
+            encoderlab train --help                                           (config groups)
+
+options:
+  -h, --help     show this message
+  --version      print the version
+
+environment:
+  ENCODERLAB_DATA_DIR   offline dataset mirror: <dir>/<dataset.name>/<split>.parquet
+  MLFLOW_TRACKING_URI   tracking server or store (default sqlite:///outputs/mlflow.db)
+"""
+
+
+def _task(cfg) -> float | None:
+    """Hydra task: check allowed values first, then import the heavy training stack."""
+    from encoderlab.validate import validate_config
+
+    validate_config(cfg)
+    from encoderlab.train import train
+
+    return train(cfg)
+
+
+def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
+    """Run a Hydra app over the packaged conf/ and turn config mistakes into plain errors."""
+    import hydra
+
+    from encoderlab.config import conf_dir, register_configs
+    from encoderlab.errors import EncoderlabError, format_config_error
+
+    register_configs()
+    main_fn = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
+    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
+    saved_argv = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        main_fn()
+    except EncoderlabError as ex:
+        if user_full_error:
+            raise
+        print(f"error: {ex}", file=sys.stderr)
+        return 1
+    except Exception as ex:
+        message = format_config_error(ex)
+        if message is None or user_full_error:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = saved_argv
+        if not user_full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "train":
+        return run_hydra(rest, "train", _task, "encoderlab train")
+    print(f"error: unknown command '{command}'. Commands: train. See `encoderlab --help`.", file=sys.stderr)
+    return 2

@@ -1,0 +1,202 @@
+"""Typed schema of the composed training config, registered in Hydra's ConfigStore.
+
+Hydra merges every YAML file of `conf/` into these dataclasses while composing, so a wrong type, an
+unknown key or a missing group option fails before any heavy import (torch, lightning, transformers).
+This module imports only the standard library, omegaconf and hydra.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+def conf_dir() -> Path:
+    """The packaged config tree: `encoderlab/conf` in a wheel, `<repo>/conf` in an editable install."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"encoderlab's config tree was not found next to {here}")
+
+
+@dataclass
+class HFModelConfig:
+    """A pretrained Hugging Face encoder with a sequence-classification head."""
+
+    _target_: str = "encoderlab.models.hf_encoder.HFEncoderClassifier"
+    name_or_path: str = MISSING  # Hub id or local `save_pretrained` directory
+    tokenizer_name_or_path: str | None = None  # defaults to name_or_path
+    revision: str | None = None
+    dropout: float | None = None  # overrides hidden and attention dropout when set
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0  # freeze the first N encoder layers
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None  # eager | sdpa | flash_attention_2 (None: library default)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    """Where the text and labels come from and how the splits are built."""
+
+    name: str = MISSING  # short name; also the folder under $ENCODERLAB_DATA_DIR
+    path: str = MISSING  # `datasets.load_dataset` path: Hub id, builder (csv/json/parquet) or local dir
+    config_name: str | None = None  # Hub config, e.g. "sst2" for path "glue"
+    data_files: Any = None  # for csv/json/parquet builders: a path, list, or {split: path}
+    train_split: str = "train"
+    validation_split: str | None = "validation"  # None or absent: carved from train
+    test_split: str | None = "test"  # None: the test stage runs on the validation split
+    text_field: Any = "text"  # a column, or a list of columns joined with text_join
+    text_join: str = ". "
+    text_pair_field: str | None = None
+    label_field: str = "label"
+    label_names: list[str] | None = None  # None: from the ClassLabel feature or sorted train labels
+    max_length: int = 128
+    # split building, applied in this order: pool -> per-class -> drop rare -> carve val -> caps
+    train_pool_size: int | None = None  # draw N random rows from the source train split first
+    samples_per_class: int | None = None  # balanced per-class sampling of the train pool
+    min_class_count: int = 0  # drop classes with fewer train rows than this
+    val_size: float = 0.1  # fraction (<1) or count (>=1) carved from train when no validation split
+    split_seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    max_test_samples: int | None = None
+    subset_seed: int = 42
+    # batching
+    batch_size: int = 8
+    eval_batch_size: int = 32
+    group_by_length: bool = False
+    pad_to_multiple_of: int | None = None
+    num_workers: int = 0
+    cache_dir: str | None = None  # tokenization cache; default $ENCODERLAB_CACHE_DIR or ~/.cache/encoderlab
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning Trainer settings (steps are optimizer steps, as in HF TrainingArguments)."""
+
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    max_epochs: int = 1
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    val_every_n_steps: int | None = None  # None: validate once per epoch
+    check_val_every_n_epoch: int = 1
+    log_every_n_steps: int = 10
+    num_sanity_val_steps: int = 0
+    fast_dev_run: Any = False  # True or N batches: smoke test, nothing saved
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW; biases and LayerNorm weights get no weight decay."""
+
+    name: str = "adamw"
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    """Learning-rate schedule stepped once per optimizer step."""
+
+    name: str = "linear"  # linear | cosine | constant
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # used when warmup_steps is 0
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking."""
+
+    backend: str = "mlflow"  # mlflow | none
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db
+    artifact_location: str | None = None  # None: outputs/mlartifacts (new experiments only)
+    log_model: bool = True  # save_pretrained directory of the best model
+    log_checkpoint: bool = False  # the Lightning .ckpt (large: weights + optimizer state)
+    log_predictions: bool = True
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/f1_macro"
+    mode: str = "max"
+    save_top_k: int = 1
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = False
+    monitor: str = "val/f1_macro"
+    mode: str = "max"
+    patience: int = 3
+    min_delta: float = 0.0
+
+
+@dataclass
+class CallbacksConfig:
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    lr_monitor: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """The root of `encoderlab train`."""
+
+    model: Any = MISSING  # typed by the chosen model option (e.g. HFModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    experiment_name: str = "encoderlab"
+    run_name: str | None = None
+    seed: int = 42
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+SCHEMAS: dict[str, type] = {
+    "": TrainConfig,
+    "model": HFModelConfig,
+    "dataset": DatasetConfig,
+    "trainer": TrainerConfig,
+    "optimizer": OptimizerConfig,
+    "scheduler": SchedulerConfig,
+    "logger": LoggerConfig,
+    "callbacks": CallbacksConfig,
+    "callbacks.checkpoint": CheckpointConfig,
+    "callbacks.early_stopping": EarlyStoppingConfig,
+}
+
+ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
+    "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"),
+    "optimizer.name": ("adamw",),
+    "scheduler.name": ("linear", "cosine", "constant"),
+    "logger.backend": ("mlflow", "none"),
+    "callbacks.checkpoint.mode": ("min", "max"),
+    "callbacks.early_stopping.mode": ("min", "max"),
+}
+
+
+def register_configs() -> None:
+    """Register the schemas; YAML files name them in their defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="hf_schema", node=HFModelConfig)

@@ -1,0 +1,1 @@
+"""Data: loading through `datasets.load_dataset`, split building, tokenization and batching."""

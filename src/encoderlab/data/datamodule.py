@@ -1,0 +1,147 @@
+"""LightningDataModule: load -> build splits -> tokenize (cached on disk) -> dynamically padded batches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from datasets import Dataset
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from encoderlab.data.loading import load_raw_splits
+from encoderlab.data.sampler import LengthGroupedBatchSampler
+from encoderlab.data.splits import PreparedSplits, prepare_splits
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the tokenized layout changes
+
+
+def cache_root(ds_cfg: DictConfig) -> Path:
+    """Tokenization cache: dataset.cache_dir, else $ENCODERLAB_CACHE_DIR, else ~/.cache/encoderlab."""
+    root = ds_cfg.cache_dir or os.environ.get("ENCODERLAB_CACHE_DIR") or "~/.cache/encoderlab"
+    return Path(root).expanduser() / "tokenized"
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Identity of a tokenizer by what it does (class, vocabulary, special tokens, casing), not its path."""
+    payload = json.dumps(
+        [
+            type(tokenizer).__name__,
+            sorted(tokenizer.get_vocab().items()),
+            tokenizer.all_special_tokens,
+            getattr(tokenizer, "do_lower_case", None),
+            tokenizer.model_input_names,
+        ]
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+class TextClassificationDataModule(L.LightningDataModule):
+    """Train/validation/test batches for sequence classification from one dataset config."""
+
+    def __init__(self, ds_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 42) -> None:
+        super().__init__()
+        self.cfg = ds_cfg
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.prepared: PreparedSplits | None = None
+        self.tokenized: dict[str, Dataset] = {}
+        self.tokenization: dict[str, dict[str, Any]] = {}  # per split: rows, seconds, cache hit, file
+        self.collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=ds_cfg.pad_to_multiple_of)
+
+    # ---- building -------------------------------------------------------------------------------
+    @property
+    def label_names(self) -> list[str]:
+        assert self.prepared is not None, "call setup() first"
+        return self.prepared.label_names
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.prepared is not None:
+            return
+        raw = load_raw_splits(self.cfg)
+        self.prepared = prepare_splits(raw, self.cfg)
+        tok_id = tokenizer_fingerprint(self.tokenizer)
+        settings = {"max_length": self.cfg.max_length, "pair": bool(self.cfg.text_pair_field), "format": CACHE_FORMAT}
+        for split, ds in self.prepared.splits.items():
+            key = hashlib.sha256(json.dumps([ds._fingerprint, tok_id, settings]).encode()).hexdigest()[:24]
+            self.tokenized[split] = self._tokenize(split, ds, key)
+
+    def _tokenize(self, split: str, ds: Dataset, key: str) -> Dataset:
+        folder = cache_root(self.cfg) / key
+        folder.mkdir(parents=True, exist_ok=True)
+        cache_file = folder / "tokens.arrow"
+        hit = cache_file.is_file()
+        tokenizer, max_length, pair = self.tokenizer, self.cfg.max_length, bool(self.cfg.text_pair_field)
+
+        def encode(batch: dict) -> dict:
+            second = batch["text_pair"] if pair else None
+            return tokenizer(batch["text"], second, truncation=True, max_length=max_length)
+
+        start = time.perf_counter()
+        out = ds.map(
+            encode,
+            batched=True,
+            batch_size=1000,
+            remove_columns=[c for c in ds.column_names if c != "labels"],
+            cache_file_name=str(cache_file),
+            load_from_cache_file=True,
+            new_fingerprint=key,
+            desc=f"Tokenizing {split}",
+        )
+        seconds = time.perf_counter() - start
+        self.tokenization[split] = {"rows": len(out), "seconds": seconds, "cache_hit": hit, "file": str(cache_file)}
+        if hit:
+            log.info("Tokenized %s split loaded from cache %s (%d rows, %.2f s)", split, cache_file, len(out), seconds)
+        else:
+            log.info("Tokenized %s split: %d rows in %.2f s (cached to %s)", split, len(out), seconds, cache_file)
+        return out
+
+    def fingerprint(self) -> str:
+        """Identity of the prepared (pre-tokenization) splits: same data + same split settings."""
+        assert self.prepared is not None
+        parts = [self.prepared.splits[s]._fingerprint for s in ("train", "validation", "test")]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def summary(self) -> dict[str, Any]:
+        assert self.prepared is not None
+        return {
+            "sizes": {k: len(v) for k, v in self.prepared.splits.items()},
+            "label_names": self.label_names,
+            "test_is_validation": self.prepared.test_is_validation,
+            "notes": self.prepared.notes,
+            "tokenization": self.tokenization,
+            "fingerprint": self.fingerprint(),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    # ---- loaders --------------------------------------------------------------------------------
+    def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
+        ds = self.tokenized[split]
+        common = {"collate_fn": self.collator, "num_workers": self.cfg.num_workers}
+        if train and self.cfg.group_by_length:
+            lengths = [len(ids) for ids in ds["input_ids"]]
+            sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=self.seed)
+            return DataLoader(ds, batch_sampler=sampler, **common)
+        return DataLoader(ds, batch_size=batch_size, shuffle=train, **common)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.cfg.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", self.cfg.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.cfg.eval_batch_size, train=False)

@@ -1,0 +1,89 @@
+"""User-facing errors: what was wrong, what is allowed, in one paragraph."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+class EncoderlabError(Exception):
+    """A problem with the user's input (config, data, model path): reported without a traceback."""
+
+
+def _allowed_keys(object_type: Any) -> list[str]:
+    if object_type is not None and dataclasses.is_dataclass(object_type):
+        return [f.name for f in dataclasses.fields(object_type)]
+    return []
+
+
+def _schema_for(full_key: str) -> Any:
+    from encoderlab.config import SCHEMAS
+
+    parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+    return SCHEMAS.get(parent)
+
+
+def _field_type(object_type: Any, key: str) -> str | None:
+    if object_type is None or not dataclasses.is_dataclass(object_type):
+        return None
+    for f in dataclasses.fields(object_type):
+        if f.name == key:
+            return str(f.type)
+    return None
+
+
+def format_config_error(ex: BaseException) -> str | None:
+    """Turn a Hydra/OmegaConf composition error into one plain paragraph; None if it is not one."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import (
+        ConfigAttributeError,
+        ConfigKeyError,
+        MissingMandatoryValue,
+        OmegaConfBaseException,
+        ValidationError,
+    )
+
+    if isinstance(ex, MissingConfigException):
+        first = str(ex).strip().split("\n")[0]
+        options = getattr(ex, "options", None) or []
+        options = [o for o in options if not o.endswith("_schema")]
+        if options:
+            return f"Config error: {first.rstrip('.')}. Available options: {', '.join(options)}."
+        return f"Config error: {first}"
+    if isinstance(ex, OverrideParseException):
+        return f"Config error: could not parse the override: {str(ex).strip()}"
+
+    cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
+    if isinstance(cause, ConfigCompositionException) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if not isinstance(cause, OmegaConfBaseException):
+        if isinstance(ex, ConfigCompositionException):
+            return "Config error: " + " ".join(str(ex).split())
+        return None
+
+    full_key = getattr(cause, "full_key", None) or ""
+    object_type = getattr(cause, "object_type", None)
+    header = " ".join(str(ex).split()) if cause is not ex else ""
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        key = full_key.rsplit(".", 1)[-1]
+        schema = object_type if dataclasses.is_dataclass(object_type) else _schema_for(full_key)
+        allowed = _allowed_keys(schema)
+        parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the top level"
+        msg = f"Config error: unknown key '{full_key or key}'"
+        if header:
+            msg += f" ({header})"
+        msg += "."
+        if allowed:
+            msg += f" Keys allowed in {parent}: {', '.join(allowed)}."
+        return msg
+    if isinstance(cause, ValidationError):
+        key = full_key.rsplit(".", 1)[-1]
+        expected = _field_type(object_type, key) or _field_type(_schema_for(full_key), key)
+        detail = str(cause).split("\n")[0]
+        msg = f"Config error: bad value for '{full_key}': {detail}."
+        if expected:
+            msg += f" '{full_key}' must be of type {expected}."
+        return msg
+    if isinstance(cause, MissingMandatoryValue):
+        return f"Config error: '{full_key}' is required but was not set (it is ??? in the config); pass {full_key}=..."
+    return "Config error: " + " ".join(str(cause).split())

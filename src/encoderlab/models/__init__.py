@@ -1,0 +1,1 @@
+"""Models: encoders that map a tokenized batch to logits, and the LightningModule that trains them."""

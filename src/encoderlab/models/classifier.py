@@ -1,0 +1,108 @@
+"""The LightningModule: trains any nn.Module that maps a tokenized batch to logits."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from encoderlab.metrics import ClassificationMetrics
+
+
+def lr_lambda(name: str, warmup: int, total: int):
+    """Multiplier of the base learning rate at optimizer step `step`: linear warmup, then decay."""
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if name == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0 - progress  # linear
+
+    return fn
+
+
+class SequenceClassifier(L.LightningModule):
+    """Cross-entropy training with AdamW, warmup + decay per optimizer step, and torchmetrics logged as
+    train/*, val/*, test/*. After test: `test_probs` (N, C) in test-set order and `test_confusion`."""
+
+    def __init__(self, model: nn.Module, label_names: list[str], optimizer: DictConfig, scheduler: DictConfig) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.model = model
+        self.label_names = list(label_names)
+        self.optimizer_cfg = optimizer
+        self.scheduler_cfg = scheduler
+        n = len(self.label_names)
+        self.train_metrics = ClassificationMetrics(n)
+        self.val_metrics = ClassificationMetrics(n)
+        self.test_metrics = ClassificationMetrics(n)
+        self.test_probs: torch.Tensor | None = None
+        self.test_confusion: torch.Tensor | None = None
+        self._test_batches: list[torch.Tensor] = []
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch)
+
+    def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self(batch).float()  # (B, C); float so bf16 autocast does not degrade the loss
+        loss = F.cross_entropy(logits, batch["labels"])
+        return loss, logits.softmax(dim=-1).detach()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss, probs = self._step(batch)
+        self.train_metrics.update(probs, batch["labels"])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(probs))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, probs = self._step(batch)
+        self.val_metrics.update(probs, batch["labels"])
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(probs))
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True)
+        self.log_dict(metrics)
+        self.val_metrics.reset()
+
+    def on_test_epoch_start(self) -> None:
+        self._test_batches = []
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        loss, probs = self._step(batch)
+        self.test_metrics.update(probs, batch["labels"])
+        self._test_batches.append(probs.cpu())
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(probs))
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
+        self.test_confusion = self.test_metrics.confusion_matrix().cpu()
+        self.test_probs = torch.cat(self._test_batches) if self._test_batches else None
+        self.test_metrics.reset()
+
+    def configure_optimizers(self):
+        opt = self.optimizer_cfg
+        # nanoGPT's rule: matrices decay; biases and LayerNorm weights (1-D) do not
+        params = [p for p in self.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        total = int(self.trainer.estimated_stepping_batches)
+        sch = self.scheduler_cfg
+        warmup = sch.warmup_steps or math.ceil(sch.warmup_ratio * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(sch.name, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}

@@ -1,0 +1,130 @@
+"""A pretrained Hugging Face encoder with a sequence-classification head, as a batch -> logits module."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from encoderlab.errors import EncoderlabError
+
+log = logging.getLogger(__name__)
+
+# config attributes that hold dropout probabilities, across BERT / RoBERTa / DistilBERT / ELECTRA / DeBERTa
+_DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "seq_classif_dropout", "classifier_dropout")
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _load_error(what: str, name_or_path: str, ex: Exception) -> EncoderlabError:
+    local = Path(name_or_path).expanduser()
+    reason = " ".join(str(ex).split())[:400]
+    if local.exists() or name_or_path.startswith((".", "/", "~")):
+        where = (
+            f"the local directory {local} "
+            + ("does not exist" if not local.exists() else "is not a readable save_pretrained directory")
+        )
+    else:
+        where = f"'{name_or_path}' could not be fetched from the Hugging Face Hub (offline? pass a local directory)"
+    return EncoderlabError(
+        f"Could not load the {what} from model.name_or_path={name_or_path!r}: {where}. "
+        f"It must be a Hub model id or a directory made by save_pretrained (config.json, weights, tokenizer files). "
+        f"Reason: {type(ex).__name__}: {reason}"
+    )
+
+
+class HFEncoderClassifier(nn.Module):
+    """`AutoModelForSequenceClassification` with label names, dropout override, freezing and
+    gradient checkpointing. forward(batch) returns logits (batch, num_labels)."""
+
+    def __init__(
+        self,
+        name_or_path: str,
+        num_labels: int,
+        id2label: dict[int, str] | None = None,
+        tokenizer_name_or_path: str | None = None,
+        revision: str | None = None,
+        dropout: float | None = None,
+        freeze_embeddings: bool = False,
+        freeze_layers: int = 0,
+        gradient_checkpointing: bool = False,
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        id2label = {int(k): v for k, v in (id2label or {i: str(i) for i in range(num_labels)}).items()}
+        try:
+            config = AutoConfig.from_pretrained(
+                name_or_path,
+                num_labels=num_labels,
+                id2label=id2label,
+                label2id={v: k for k, v in id2label.items()},
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+            )
+            if dropout is not None:
+                for attr in _DROPOUT_ATTRS:
+                    if hasattr(config, attr):
+                        setattr(config, attr, dropout)
+            kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            self.hf_model = AutoModelForSequenceClassification.from_pretrained(
+                name_or_path,
+                config=config,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                ignore_mismatched_sizes=True,  # a checkpoint fine-tuned with another label set gets a new head
+                **kwargs,
+            )
+        except (OSError, ValueError, EnvironmentError) as ex:
+            raise _load_error("model", name_or_path, ex) from ex
+        self.hf_model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes
+        self._freeze(freeze_embeddings, freeze_layers)
+        if gradient_checkpointing:
+            self.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+    @staticmethod
+    def build_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
+        """The tokenizer that belongs to the checkpoint (or model.tokenizer_name_or_path)."""
+        source = model_cfg.tokenizer_name_or_path or model_cfg.name_or_path
+        try:
+            return AutoTokenizer.from_pretrained(source, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
+        except (OSError, ValueError, EnvironmentError) as ex:
+            raise _load_error("tokenizer", source, ex) from ex
+
+    def _encoder_layers(self) -> nn.ModuleList | None:
+        n = getattr(self.hf_model.config, "num_hidden_layers", None) or getattr(self.hf_model.config, "n_layers", None)
+        for module in self.hf_model.base_model.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == n:
+                return module
+        return None
+
+    def _freeze(self, embeddings: bool, n_layers: int) -> None:
+        base = self.hf_model.base_model
+        if embeddings:
+            for p in base.get_input_embeddings().parameters():
+                p.requires_grad = False
+            if hasattr(base, "embeddings"):
+                for p in base.embeddings.parameters():
+                    p.requires_grad = False
+        if n_layers > 0:
+            layers = self._encoder_layers()
+            if layers is None:
+                raise EncoderlabError(f"model.freeze_layers={n_layers}: could not find the encoder layers of {type(base).__name__}.")
+            if n_layers > len(layers):
+                raise EncoderlabError(f"model.freeze_layers={n_layers}, but the encoder has {len(layers)} layers.")
+            for layer in layers[:n_layers]:
+                for p in layer.parameters():
+                    p.requires_grad = False
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+        return self.hf_model(**inputs).logits  # (B, num_labels)
+
+    def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+        """A directory that `from_pretrained` and `transformers.pipeline` load."""
+        self.hf_model.save_pretrained(directory)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)

@@ -1,0 +1,181 @@
+"""MLflow run lifecycle: encoderlab owns the run, so a crash anywhere marks it FAILED with the reason."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import encoderlab
+
+log = logging.getLogger(__name__)
+
+
+def default_tracking_uri() -> str:
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db under the cwd."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'outputs' / 'mlflow.db'}"
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """{"a": {"b": 1}} -> {"a.b": "1"}: MLflow params from a resolved config."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = str(d)
+    return out
+
+
+def _git(*args: str, cwd: Path) -> str | None:
+    try:
+        res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def git_state() -> dict[str, Any]:
+    """Commit, dirty flag and uncommitted diff of the repo the command runs in (else encoderlab's own)."""
+    for where in (Path.cwd(), Path(encoderlab.__file__).resolve().parent):
+        commit = _git("rev-parse", "HEAD", cwd=where)
+        if commit:
+            status = _git("status", "--porcelain", "--untracked-files=no", cwd=where) or ""
+            diff = _git("diff", "HEAD", cwd=where) if status.strip() else ""
+            return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": diff or "", "root": str(where)}
+    return {"commit": None, "dirty": None, "diff": "", "root": None}
+
+
+def pip_freeze() -> str:
+    """Installed distributions, like `pip freeze` (without spawning pip)."""
+    dists = {(d.metadata["Name"] or "?"): d.version for d in importlib.metadata.distributions()}
+    return "\n".join(f"{n}=={v}" for n, v in sorted(dists.items(), key=lambda kv: kv[0].lower())) + "\n"
+
+
+class TrackedRun:
+    """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.enabled = cfg.logger.backend == "mlflow"
+        self.client = None
+        self.run_id: str | None = None
+        self.tracking_uri: str | None = None
+        self.experiment_id: str | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> TrackedRun:
+        if not self.enabled:
+            return self
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = self.cfg.logger.tracking_uri or default_tracking_uri()
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.tracking_uri)
+        name = self.cfg.experiment_name
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            location = self.cfg.logger.artifact_location
+            if location is None and not self.tracking_uri.startswith(("http://", "https://", "databricks")):
+                location = (Path.cwd() / "outputs" / "mlartifacts").as_uri()
+            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+        git = git_state()
+        tags = {
+            "mlflow.source.name": "encoderlab train",
+            "mlflow.source.type": "LOCAL",
+            "encoderlab.version": encoderlab.__version__,
+            "encoderlab.command": shlex.join(["encoderlab", "train", *sys.argv[1:]]),
+            "encoderlab.run_dir": str(self.run_dir),
+            "encoderlab.dataset": self.cfg.dataset.name,
+            "encoderlab.model": str(self.cfg.model.get("name_or_path", self.cfg.model.get("_target_"))),
+            **{str(k): str(v) for k, v in self.cfg.logger.tags.items()},
+        }
+        if git["commit"]:
+            tags.update({"mlflow.source.git.commit": git["commit"], "encoderlab.git_dirty": str(git["dirty"]).lower()})
+        run = self.client.create_run(self.experiment_id, run_name=self.cfg.run_name, tags=tags)
+        self.run_id = run.info.run_id
+        log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, name, self.tracking_uri)
+        self.log_text(pip_freeze(), "environment/pip_freeze.txt")
+        if git["diff"]:
+            self.log_text(git["diff"], "environment/uncommitted.diff")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if not self.enabled or self.run_id is None:
+            return False
+        if exc is None:
+            self.client.set_terminated(self.run_id, "FINISHED")
+        else:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            reason = f"{type(exc).__name__}: {exc}"
+            try:
+                self.client.set_tag(self.run_id, "encoderlab.error", reason[:4900])
+                self.log_text(reason + "\n", "error.txt")
+            finally:
+                self.client.set_terminated(self.run_id, status)
+            log.error("MLflow run %s marked %s: %s", self.run_id, status, reason)
+        return False
+
+    # ---- logging --------------------------------------------------------------------------------
+    def log_params(self, params: dict[str, str]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        for k, v in metrics.items():
+            self.client.log_metric(self.run_id, k, float(v), step=step)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.enabled:
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if not self.enabled:
+            return
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def lightning_logger(self):
+        """A Lightning logger writing metrics into this run (it never ends the run itself)."""
+        if not self.enabled:
+            from lightning.pytorch.loggers import CSVLogger
+
+            return CSVLogger(save_dir=str(self.run_dir), name="metrics", version="")
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        class _RunOwnedMLFlowLogger(MLFlowLogger):
+            def finalize(self, status: str = "success") -> None:  # TrackedRun sets the final status
+                pass
+
+        return _RunOwnedMLFlowLogger(
+            experiment_name=self.cfg.experiment_name, tracking_uri=self.tracking_uri, run_id=self.run_id, log_model=False
+        )
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,176 @@
+"""`encoderlab train`: config -> data -> model -> fit -> test -> log, top to bottom.
+
+Called by Hydra with the composed, validated config (see encoderlab/cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from encoderlab.data.datamodule import TextClassificationDataModule
+from encoderlab.errors import EncoderlabError
+from encoderlab.models.classifier import SequenceClassifier
+from encoderlab.plots import plot_confusion_matrix
+from encoderlab.tracking import TrackedRun, flatten, resolved_config
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> tuple[L.Trainer, ModelCheckpoint]:
+    """Lightning Trainer from cfg.trainer and cfg.callbacks (validation interval in optimizer steps)."""
+    tc, cb = cfg.trainer, cfg.callbacks
+    if tc.accelerator == "cpu" and tc.precision == "16-mixed":
+        raise EncoderlabError("trainer.precision=16-mixed needs a CUDA GPU; on CPU use 32 or bf16-mixed.")
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="best-step{step}",
+        monitor=cb.checkpoint.monitor,
+        mode=cb.checkpoint.mode,
+        save_top_k=cb.checkpoint.save_top_k,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list = [checkpoint]
+    if cb.early_stopping.enabled:
+        es = cb.early_stopping
+        callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+    if cb.lr_monitor and logger is not None:
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+
+    val_kwargs = {"check_val_every_n_epoch": tc.check_val_every_n_epoch}
+    if tc.val_every_n_steps is not None:  # Lightning counts batches, not optimizer steps
+        val_kwargs = {"val_check_interval": tc.val_every_n_steps * tc.accumulate_grad_batches, "check_val_every_n_epoch": None}
+    optional = {k: tc[k] for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches") if tc[k] is not None}
+    trainer = L.Trainer(
+        accelerator=tc.accelerator,
+        devices=tc.devices,
+        precision=tc.precision,
+        max_epochs=tc.max_epochs,
+        max_steps=tc.max_steps,
+        accumulate_grad_batches=tc.accumulate_grad_batches,
+        gradient_clip_val=tc.gradient_clip_val,
+        log_every_n_steps=tc.log_every_n_steps,
+        num_sanity_val_steps=tc.num_sanity_val_steps,
+        fast_dev_run=tc.fast_dev_run,
+        deterministic=tc.deterministic,
+        enable_progress_bar=tc.enable_progress_bar,
+        default_root_dir=str(run_dir),
+        logger=logger if logger is not None else False,
+        callbacks=callbacks,
+        **val_kwargs,
+        **optional,
+    )
+    return trainer, checkpoint
+
+
+def write_predictions(dm: TextClassificationDataModule, probs: torch.Tensor, path: Path) -> pd.DataFrame:
+    """One row per test example: text, true label, prediction, confidence and every class probability."""
+    test = dm.prepared.splits["test"]
+    names = dm.label_names
+    pred = probs.argmax(dim=-1).numpy()
+    frame = pd.DataFrame({"text": test["text"]})
+    if "text_pair" in test.column_names:
+        frame["text_pair"] = test["text_pair"]
+    labels = test["labels"]
+    frame["label"] = [names[i] for i in labels]
+    frame["prediction"] = [names[i] for i in pred]
+    frame["correct"] = frame["label"] == frame["prediction"]
+    frame["confidence"] = probs.max(dim=-1).values.numpy()
+    for i, name in enumerate(names):
+        frame[f"prob_{name}"] = probs[:, i].numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric."""
+    run_dir = Path(cfg.output_dir).resolve()
+    L.seed_everything(cfg.seed, workers=True)
+
+    with TrackedRun(cfg, run_dir) as run:
+        # ---- config --------------------------------------------------------------------------------
+        run.log_params(flatten(resolved_config(cfg)))
+        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+        hydra_dir = run_dir / ".hydra"
+        if HydraConfig.initialized() and hydra_dir.is_dir():
+            run.log_artifact(hydra_dir, "config/hydra")
+            run.set_tags({"encoderlab.overrides": " ".join(HydraConfig.get().overrides.task)})
+
+        # ---- data ----------------------------------------------------------------------------------
+        model_cls = get_class(cfg.model._target_)
+        tokenizer = model_cls.build_tokenizer(cfg.model)
+        dm = TextClassificationDataModule(cfg.dataset, tokenizer, seed=cfg.seed)
+        dm.setup()
+        summary = dm.summary()
+        run.log_text(json.dumps(summary, indent=2, default=str), "data/summary.json")
+        cache = {s: t["cache_hit"] for s, t in dm.tokenization.items()}
+        run.set_tags(
+            {
+                "encoderlab.dataset_fingerprint": summary["fingerprint"],
+                "encoderlab.tokenization_cache": "hit" if all(cache.values()) else ("partial" if any(cache.values()) else "miss"),
+            }
+        )
+        run.log_metrics(
+            {
+                **{f"data/{s}_rows": n for s, n in summary["sizes"].items()},
+                "data/tokenize_seconds": sum(t["seconds"] for t in dm.tokenization.values()),
+                "data/num_labels": dm.num_labels,
+            }
+        )
+
+        # ---- model ---------------------------------------------------------------------------------
+        id2label = dict(enumerate(dm.label_names))
+        net = instantiate(cfg.model, num_labels=dm.num_labels, id2label=id2label, _convert_="all")
+        module = SequenceClassifier(net, dm.label_names, cfg.optimizer, cfg.scheduler)
+        n_params = sum(p.numel() for p in net.parameters())
+        n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+        run.log_metrics({"model/parameters": n_params, "model/trainable_parameters": n_train})
+
+        # ---- fit -----------------------------------------------------------------------------------
+        trainer, checkpoint = build_trainer(cfg, run_dir, run.lightning_logger())
+        trainer.fit(module, datamodule=dm)
+
+        # ---- test with the best checkpoint ----------------------------------------------------------
+        best = checkpoint.best_model_path or None
+        if best is None:
+            log.warning("No best checkpoint (no validation ran or fast_dev_run): testing the final weights.")
+        trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=False)
+        test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+        run.set_tags({"encoderlab.best_checkpoint": best or "", "encoderlab.test_split": "validation" if summary["test_is_validation"] else cfg.dataset.test_split})
+        if best_score is not None:
+            run.log_metrics({f"best/{cfg.callbacks.checkpoint.monitor}": best_score})
+
+        # ---- artifacts -----------------------------------------------------------------------------
+        (run_dir / "metrics.json").write_text(json.dumps({"test": test_metrics, "best": best_score}, indent=2))
+        run.log_artifact(run_dir / "metrics.json", "metrics")
+        if module.test_confusion is not None:
+            png = plot_confusion_matrix(module.test_confusion.numpy(), dm.label_names, run_dir / "plots" / "confusion_matrix.png", "Test confusion matrix")
+            run.log_artifact(png, "plots")
+        if cfg.logger.log_predictions and module.test_probs is not None and len(module.test_probs) == summary["sizes"]["test"]:
+            preds = write_predictions(dm, module.test_probs, run_dir / "predictions" / "test_predictions.csv")
+            run.log_artifact(run_dir / "predictions" / "test_predictions.csv", "predictions")
+            log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())
+        if cfg.logger.log_model and hasattr(net, "save_pretrained") and not cfg.trainer.fast_dev_run:
+            model_dir = run_dir / "model"
+            if model_dir.exists():
+                shutil.rmtree(model_dir)
+            net.save_pretrained(model_dir, tokenizer)
+            run.log_artifact(model_dir, "model")
+        if cfg.logger.log_checkpoint and best:
+            run.log_artifact(Path(best), "checkpoints")
+
+        log.info("Test: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items())))
+        log.info("Run directory: %s", run_dir)
+    return best_score
