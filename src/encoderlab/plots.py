@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_confusion_matrix(cm: np.ndarray, label_names: list[str], path: Path, title: str = "Confusion matrix") -> Path:
+def plot_confusion_matrix(
+    cm: np.ndarray, label_names: list[str], path: Path, title: str = "Confusion matrix"
+) -> Path:
     """Counts with row-normalised shading (true label per row), annotated; saved as PNG."""
     import matplotlib
 
@@ -22,7 +24,9 @@ def plot_confusion_matrix(cm: np.ndarray, label_names: list[str], path: Path, ti
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true label")
-    ax.set_xticks(range(n), labels=label_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_xticks(
+        range(n), labels=label_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center"
+    )
     ax.set_yticks(range(n), labels=label_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -30,7 +34,15 @@ def plot_confusion_matrix(cm: np.ndarray, label_names: list[str], path: Path, ti
     if n <= 20:
         for i in range(n):
             for j in range(n):
-                ax.text(j, i, f"{cm[i, j]}", ha="center", va="center", color="white" if norm[i, j] > 0.5 else "black", fontsize=9)
+                ax.text(
+                    j,
+                    i,
+                    f"{cm[i, j]}",
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.5 else "black",
+                    fontsize=9,
+                )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -49,7 +49,12 @@ def git_state() -> dict[str, Any]:
         if commit:
             status = _git("status", "--porcelain", "--untracked-files=no", cwd=where) or ""
             diff = _git("diff", "HEAD", cwd=where) if status.strip() else ""
-            return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff": diff or "", "root": str(where)}
+            return {
+                "commit": commit.strip(),
+                "dirty": bool(status.strip()),
+                "diff": diff or "",
+                "root": str(where),
+            }
     return {"commit": None, "dirty": None, "diff": "", "root": None}
 
 
@@ -102,7 +107,9 @@ class TrackedRun:
             **{str(k): str(v) for k, v in self.cfg.logger.tags.items()},
         }
         if git["commit"]:
-            tags.update({"mlflow.source.git.commit": git["commit"], "encoderlab.git_dirty": str(git["dirty"]).lower()})
+            tags.update(
+                {"mlflow.source.git.commit": git["commit"], "encoderlab.git_dirty": str(git["dirty"]).lower()}
+            )
         run = self.client.create_run(self.experiment_id, run_name=self.cfg.run_name, tags=tags)
         self.run_id = run.info.run_id
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, name, self.tracking_uri)
@@ -173,7 +180,10 @@ class TrackedRun:
                 pass
 
         return _RunOwnedMLFlowLogger(
-            experiment_name=self.cfg.experiment_name, tracking_uri=self.tracking_uri, run_id=self.run_id, log_model=False
+            experiment_name=self.cfg.experiment_name,
+            tracking_uri=self.tracking_uri,
+            run_id=self.run_id,
+            log_model=False,
         )
 
 

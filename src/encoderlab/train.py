@@ -43,14 +43,23 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> tuple[L.Trainer, Mo
     callbacks: list = [checkpoint]
     if cb.early_stopping.enabled:
         es = cb.early_stopping
-        callbacks.append(EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+        callbacks.append(
+            EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
+        )
     if cb.lr_monitor and logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
 
     val_kwargs = {"check_val_every_n_epoch": tc.check_val_every_n_epoch}
     if tc.val_every_n_steps is not None:  # Lightning counts batches, not optimizer steps
-        val_kwargs = {"val_check_interval": tc.val_every_n_steps * tc.accumulate_grad_batches, "check_val_every_n_epoch": None}
-    optional = {k: tc[k] for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches") if tc[k] is not None}
+        val_kwargs = {
+            "val_check_interval": tc.val_every_n_steps * tc.accumulate_grad_batches,
+            "check_val_every_n_epoch": None,
+        }
+    optional = {
+        k: tc[k]
+        for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+        if tc[k] is not None
+    }
     trainer = L.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
@@ -118,7 +127,9 @@ def train(cfg: DictConfig) -> float | None:
         run.set_tags(
             {
                 "encoderlab.dataset_fingerprint": summary["fingerprint"],
-                "encoderlab.tokenization_cache": "hit" if all(cache.values()) else ("partial" if any(cache.values()) else "miss"),
+                "encoderlab.tokenization_cache": "hit"
+                if all(cache.values())
+                else ("partial" if any(cache.values()) else "miss"),
             }
         )
         run.log_metrics(
@@ -147,18 +158,38 @@ def train(cfg: DictConfig) -> float | None:
             log.warning("No best checkpoint (no validation ran or fast_dev_run): testing the final weights.")
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=False)
         test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        if trainer.fast_dev_run:  # Lightning mutes loggers in fast_dev_run; keep the smoke test's numbers
+            run.log_metrics(test_metrics)
         best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-        run.set_tags({"encoderlab.best_checkpoint": best or "", "encoderlab.test_split": "validation" if summary["test_is_validation"] else cfg.dataset.test_split})
+        run.set_tags(
+            {
+                "encoderlab.best_checkpoint": best or "",
+                "encoderlab.test_split": "validation"
+                if summary["test_is_validation"]
+                else cfg.dataset.test_split,
+            }
+        )
         if best_score is not None:
             run.log_metrics({f"best/{cfg.callbacks.checkpoint.monitor}": best_score})
 
         # ---- artifacts -----------------------------------------------------------------------------
-        (run_dir / "metrics.json").write_text(json.dumps({"test": test_metrics, "best": best_score}, indent=2))
+        (run_dir / "metrics.json").write_text(
+            json.dumps({"test": test_metrics, "best": best_score}, indent=2)
+        )
         run.log_artifact(run_dir / "metrics.json", "metrics")
         if module.test_confusion is not None:
-            png = plot_confusion_matrix(module.test_confusion.numpy(), dm.label_names, run_dir / "plots" / "confusion_matrix.png", "Test confusion matrix")
+            png = plot_confusion_matrix(
+                module.test_confusion.numpy(),
+                dm.label_names,
+                run_dir / "plots" / "confusion_matrix.png",
+                "Test confusion matrix",
+            )
             run.log_artifact(png, "plots")
-        if cfg.logger.log_predictions and module.test_probs is not None and len(module.test_probs) == summary["sizes"]["test"]:
+        if (
+            cfg.logger.log_predictions
+            and module.test_probs is not None
+            and len(module.test_probs) == summary["sizes"]["test"]
+        ):
             preds = write_predictions(dm, module.test_probs, run_dir / "predictions" / "test_predictions.csv")
             run.log_artifact(run_dir / "predictions" / "test_predictions.csv", "predictions")
             log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())

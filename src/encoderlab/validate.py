@@ -23,7 +23,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
         if section == "model" and OmegaConf.get_type(node) is not schema:
             continue  # another model family validates its own keys
         allowed = [f.name for f in dataclasses.fields(schema)]
-        extra = [k for k in node.keys() if k not in allowed and not (section == "" and k == "hydra")]
+        extra = [k for k in node if k not in allowed and not (section == "" and k == "hydra")]
         if extra:
             where = section or "the top level"
             raise EncoderlabError(
@@ -44,7 +44,11 @@ def validate_config(cfg: DictConfig) -> None:
     fields = ds.text_field
     if isinstance(fields, ListConfig):
         if not fields or not all(isinstance(f, str) for f in fields):
-            _fail("dataset.text_field", OmegaConf.to_object(fields), "a column name or a non-empty list of names")
+            _fail(
+                "dataset.text_field",
+                OmegaConf.to_object(fields),
+                "a column name or a non-empty list of names",
+            )
     elif not isinstance(fields, str):
         _fail("dataset.text_field", fields, "a column name or a non-empty list of names")
     if ds.val_size <= 0:
@@ -53,11 +57,19 @@ def validate_config(cfg: DictConfig) -> None:
         _fail("dataset.max_length", ds.max_length, "an integer >= 2")
     if ds.batch_size < 1 or ds.eval_batch_size < 1:
         _fail("dataset.batch_size", ds.batch_size, "an integer >= 1")
-    for key in ("max_train_samples", "max_eval_samples", "max_test_samples", "train_pool_size", "samples_per_class"):
+    for key in (
+        "max_train_samples",
+        "max_eval_samples",
+        "max_test_samples",
+        "train_pool_size",
+        "samples_per_class",
+    ):
         value = ds[key]
         if value is not None and value < 0:
             _fail(f"dataset.{key}", value, "null or an integer >= 0")
-    if OmegaConf.is_missing(ds, "data_files") or (ds.path in ("csv", "json", "parquet") and ds.data_files is None):
+    if OmegaConf.is_missing(ds, "data_files") or (
+        ds.path in ("csv", "json", "parquet") and ds.data_files is None
+    ):
         raise EncoderlabError(
             f"Config error: dataset.path={ds.path!r} reads local files, but dataset.data_files is not set. "
             "Pass a path, a list, or a map such as dataset.data_files='{train: a.csv, test: b.csv}'."

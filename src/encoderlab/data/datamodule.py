@@ -74,7 +74,11 @@ class TextClassificationDataModule(L.LightningDataModule):
         raw = load_raw_splits(self.cfg)
         self.prepared = prepare_splits(raw, self.cfg)
         tok_id = tokenizer_fingerprint(self.tokenizer)
-        settings = {"max_length": self.cfg.max_length, "pair": bool(self.cfg.text_pair_field), "format": CACHE_FORMAT}
+        settings = {
+            "max_length": self.cfg.max_length,
+            "pair": bool(self.cfg.text_pair_field),
+            "format": CACHE_FORMAT,
+        }
         for split, ds in self.prepared.splits.items():
             key = hashlib.sha256(json.dumps([ds._fingerprint, tok_id, settings]).encode()).hexdigest()[:24]
             self.tokenized[split] = self._tokenize(split, ds, key)
@@ -102,11 +106,24 @@ class TextClassificationDataModule(L.LightningDataModule):
             desc=f"Tokenizing {split}",
         )
         seconds = time.perf_counter() - start
-        self.tokenization[split] = {"rows": len(out), "seconds": seconds, "cache_hit": hit, "file": str(cache_file)}
+        self.tokenization[split] = {
+            "rows": len(out),
+            "seconds": seconds,
+            "cache_hit": hit,
+            "file": str(cache_file),
+        }
         if hit:
-            log.info("Tokenized %s split loaded from cache %s (%d rows, %.2f s)", split, cache_file, len(out), seconds)
+            log.info(
+                "Tokenized %s split loaded from cache %s (%d rows, %.2f s)",
+                split,
+                cache_file,
+                len(out),
+                seconds,
+            )
         else:
-            log.info("Tokenized %s split: %d rows in %.2f s (cached to %s)", split, len(out), seconds, cache_file)
+            log.info(
+                "Tokenized %s split: %d rows in %.2f s (cached to %s)", split, len(out), seconds, cache_file
+            )
         return out
 
     def fingerprint(self) -> str:

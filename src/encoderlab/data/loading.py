@@ -37,7 +37,11 @@ def load_raw_splits(ds_cfg: DictConfig) -> DatasetDict:
 
     kwargs = {}
     if ds_cfg.data_files is not None:
-        kwargs["data_files"] = OmegaConf.to_container(ds_cfg.data_files) if OmegaConf.is_config(ds_cfg.data_files) else ds_cfg.data_files
+        kwargs["data_files"] = (
+            OmegaConf.to_container(ds_cfg.data_files)
+            if OmegaConf.is_config(ds_cfg.data_files)
+            else ds_cfg.data_files
+        )
     try:
         loaded = load_dataset(ds_cfg.path, ds_cfg.config_name, **kwargs)
     except Exception as ex:  # datasets raises many types (FileNotFound, ConnectionError, DatasetNotFound...)

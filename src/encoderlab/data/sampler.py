@@ -31,6 +31,8 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         for start in range(0, len(order), mega):
             chunk = order[start : start + mega]
             chunk = chunk[torch.argsort(self.lengths[chunk], descending=True)]
-            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+            batches.extend(
+                chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)
+            )
         for i in torch.randperm(len(batches), generator=g).tolist():
             yield batches[i]

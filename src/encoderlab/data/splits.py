@@ -85,7 +85,7 @@ def _label_ids(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) ->
             raise EncoderlabError(
                 f"Row {row} of the '{split}' split of '{ds_cfg.name}' has label {value!r} in column "
                 f"'{ds_cfg.label_field}', which is not one of the label names {names}"
-                + (" (or their ids 0..%d)" % (len(names) - 1) if declared else "")
+                + (f" (or their ids 0..{len(names) - 1})" if declared else "")
                 + ". Fix the data or dataset.label_names."
             )
         ids[row] = index[key]
@@ -102,14 +102,19 @@ def _normalise(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) ->
 
     def build(batch: dict) -> dict:
         cols = [batch[f] for f in fields]
-        texts = [joiner.join("" if v is None else str(v) for v in row) for row in zip(*cols)]
+        texts = [joiner.join("" if v is None else str(v) for v in row) for row in zip(*cols, strict=True)]
         out = {"text": texts}
         if pair:
             out["text_pair"] = ["" if v is None else str(v) for v in batch[pair]]
         return out
 
     keep = ["text", "text_pair"] if pair else ["text"]
-    ds = ds.map(build, batched=True, remove_columns=[c for c in ds.column_names if c not in keep], desc=f"Reading {split}")
+    ds = ds.map(
+        build,
+        batched=True,
+        remove_columns=[c for c in ds.column_names if c not in keep],
+        desc=f"Reading {split}",
+    )
     ds = ds.add_column("labels", ids.tolist())
     return ds
 
@@ -127,7 +132,9 @@ def _per_class(ds: Dataset, n: int, seed: int, names: list[str], notes: list[str
     for c in range(len(names)):
         rows = np.flatnonzero(labels == c)
         if len(rows) < n:
-            notes.append(f"class '{names[c]}' has {len(rows)} train rows, fewer than samples_per_class={n}: all kept")
+            notes.append(
+                f"class '{names[c]}' has {len(rows)} train rows, fewer than samples_per_class={n}: all kept"
+            )
         chosen.append(rng.permutation(rows)[:n])
     order = rng.permutation(np.concatenate(chosen))
     return ds.select(order.tolist()).flatten_indices()
@@ -151,7 +158,7 @@ def _stratified_carve(ds: Dataset, size: float, seed: int) -> tuple[Dataset, Dat
     for i in np.argsort(-(exact - alloc))[: n_val - alloc.sum()]:
         alloc[i] += 1
     val_rows = []
-    for c, k in zip(classes, alloc):
+    for c, k in zip(classes, alloc, strict=True):
         rows = rng.permutation(np.flatnonzero(labels == c))
         val_rows.append(rows[:k])
     val_idx = np.sort(np.concatenate(val_rows))
@@ -175,17 +182,29 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
     notes: list[str] = []
     train = _need_split(raw, ds_cfg.train_split, "dataset.train_split", ds_cfg)
     if len(train) == 0:
-        raise EncoderlabError(f"The '{ds_cfg.train_split}' split of dataset '{ds_cfg.name}' is empty: nothing to train on.")
+        raise EncoderlabError(
+            f"The '{ds_cfg.train_split}' split of dataset '{ds_cfg.name}' is empty: nothing to train on."
+        )
     _check_columns(ds_cfg.train_split, train, ds_cfg)
     names = _label_names(train, ds_cfg)
     train = _normalise(ds_cfg.train_split, train, ds_cfg, names)
 
     val = None
     if ds_cfg.validation_split is not None:
-        val = _normalise(ds_cfg.validation_split, _need_split(raw, ds_cfg.validation_split, "dataset.validation_split", ds_cfg), ds_cfg, names)
+        val = _normalise(
+            ds_cfg.validation_split,
+            _need_split(raw, ds_cfg.validation_split, "dataset.validation_split", ds_cfg),
+            ds_cfg,
+            names,
+        )
     test = None
     if ds_cfg.test_split is not None:
-        test = _normalise(ds_cfg.test_split, _need_split(raw, ds_cfg.test_split, "dataset.test_split", ds_cfg), ds_cfg, names)
+        test = _normalise(
+            ds_cfg.test_split,
+            _need_split(raw, ds_cfg.test_split, "dataset.test_split", ds_cfg),
+            ds_cfg,
+            names,
+        )
 
     if ds_cfg.train_pool_size is not None:
         train = _shuffle_take(train, ds_cfg.train_pool_size, ds_cfg.subset_seed)
@@ -204,7 +223,9 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
                     f"dataset.min_class_count={ds_cfg.min_class_count} leaves {len(kept)} class(es); at least 2 are needed."
                 )
             remap = {old: new for new, old in enumerate(kept)}
-            notes.append(f"dropped {len(dropped)} classes under {ds_cfg.min_class_count} train rows: {dropped}")
+            notes.append(
+                f"dropped {len(dropped)} classes under {ds_cfg.min_class_count} train rows: {dropped}"
+            )
 
             def _keep(ds: Dataset | None) -> Dataset | None:
                 if ds is None:
@@ -235,6 +256,12 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
                 f"samples_per_class={ds_cfg.samples_per_class}). Each split needs at least one row."
             )
     splits = DatasetDict(train=train, validation=val, test=test)
-    log.info("Dataset %s: %s; %s", ds_cfg.name, {k: len(v) for k, v in splits.items()}, "; ".join(notes) or "splits as given")
-    return PreparedSplits(splits=splits, label_names=names, test_is_validation=test_is_validation, notes=notes)
-
+    log.info(
+        "Dataset %s: %s; %s",
+        ds_cfg.name,
+        {k: len(v) for k, v in splits.items()},
+        "; ".join(notes) or "splits as given",
+    )
+    return PreparedSplits(
+        splits=splits, label_names=names, test_is_validation=test_is_validation, notes=notes
+    )

@@ -33,7 +33,9 @@ class SequenceClassifier(L.LightningModule):
     """Cross-entropy training with AdamW, warmup + decay per optimizer step, and torchmetrics logged as
     train/*, val/*, test/*. After test: `test_probs` (N, C) in test-set order and `test_confusion`."""
 
-    def __init__(self, model: nn.Module, label_names: list[str], optimizer: DictConfig, scheduler: DictConfig) -> None:
+    def __init__(
+        self, model: nn.Module, label_names: list[str], optimizer: DictConfig, scheduler: DictConfig
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"], logger=False)
         self.model = model
@@ -105,4 +107,7 @@ class SequenceClassifier(L.LightningModule):
         sch = self.scheduler_cfg
         warmup = sch.warmup_steps or math.ceil(sch.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(sch.name, warmup, total))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

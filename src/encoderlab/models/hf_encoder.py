@@ -8,14 +8,26 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from encoderlab.errors import EncoderlabError
 
 log = logging.getLogger(__name__)
 
 # config attributes that hold dropout probabilities, across BERT / RoBERTa / DistilBERT / ELECTRA / DeBERTa
-_DROPOUT_ATTRS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout", "seq_classif_dropout", "classifier_dropout")
+_DROPOUT_ATTRS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+    "seq_classif_dropout",
+    "classifier_dropout",
+)
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -23,9 +35,8 @@ def _load_error(what: str, name_or_path: str, ex: Exception) -> EncoderlabError:
     local = Path(name_or_path).expanduser()
     reason = " ".join(str(ex).split())[:400]
     if local.exists() or name_or_path.startswith((".", "/", "~")):
-        where = (
-            f"the local directory {local} "
-            + ("does not exist" if not local.exists() else "is not a readable save_pretrained directory")
+        where = f"the local directory {local} " + (
+            "does not exist" if not local.exists() else "is not a readable save_pretrained directory"
         )
     else:
         where = f"'{name_or_path}' could not be fetched from the Hugging Face Hub (offline? pass a local directory)"
@@ -78,24 +89,30 @@ class HFEncoderClassifier(nn.Module):
                 ignore_mismatched_sizes=True,  # a checkpoint fine-tuned with another label set gets a new head
                 **kwargs,
             )
-        except (OSError, ValueError, EnvironmentError) as ex:
+        except (OSError, ValueError) as ex:
             raise _load_error("model", name_or_path, ex) from ex
         self.hf_model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes
         self._freeze(freeze_embeddings, freeze_layers)
         if gradient_checkpointing:
-            self.hf_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.hf_model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
 
     @staticmethod
     def build_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
         """The tokenizer that belongs to the checkpoint (or model.tokenizer_name_or_path)."""
         source = model_cfg.tokenizer_name_or_path or model_cfg.name_or_path
         try:
-            return AutoTokenizer.from_pretrained(source, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code)
-        except (OSError, ValueError, EnvironmentError) as ex:
+            return AutoTokenizer.from_pretrained(
+                source, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+            )
+        except (OSError, ValueError) as ex:
             raise _load_error("tokenizer", source, ex) from ex
 
     def _encoder_layers(self) -> nn.ModuleList | None:
-        n = getattr(self.hf_model.config, "num_hidden_layers", None) or getattr(self.hf_model.config, "n_layers", None)
+        n = getattr(self.hf_model.config, "num_hidden_layers", None) or getattr(
+            self.hf_model.config, "n_layers", None
+        )
         for module in self.hf_model.base_model.modules():
             if isinstance(module, nn.ModuleList) and len(module) == n:
                 return module
@@ -112,9 +129,13 @@ class HFEncoderClassifier(nn.Module):
         if n_layers > 0:
             layers = self._encoder_layers()
             if layers is None:
-                raise EncoderlabError(f"model.freeze_layers={n_layers}: could not find the encoder layers of {type(base).__name__}.")
+                raise EncoderlabError(
+                    f"model.freeze_layers={n_layers}: could not find the encoder layers of {type(base).__name__}."
+                )
             if n_layers > len(layers):
-                raise EncoderlabError(f"model.freeze_layers={n_layers}, but the encoder has {len(layers)} layers.")
+                raise EncoderlabError(
+                    f"model.freeze_layers={n_layers}, but the encoder has {len(layers)} layers."
+                )
             for layer in layers[:n_layers]:
                 for p in layer.parameters():
                     p.requires_grad = False
@@ -123,7 +144,9 @@ class HFEncoderClassifier(nn.Module):
         inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
         return self.hf_model(**inputs).logits  # (B, num_labels)
 
-    def save_pretrained(self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None) -> None:
+    def save_pretrained(
+        self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> None:
         """A directory that `from_pretrained` and `transformers.pipeline` load."""
         self.hf_model.save_pretrained(directory)
         if tokenizer is not None:

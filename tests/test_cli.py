@@ -1,0 +1,150 @@
+"""The command line: help without heavy imports, config printing for every preset, Hydra features."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from encoderlab.config import conf_dir
+
+PRESETS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+
+
+def test_presets_listed():
+    assert {
+        "imdb_bert",
+        "sst2_bert",
+        "imdb_balanced_bert",
+        "amazon_bert",
+        "sst2_minilm",
+        "imdb_minilm",
+        "trec_minilm",
+        "amazon_reviews_minilm",
+    } <= set(PRESETS)
+
+
+def test_help_answers_without_torch_or_lightning(tmp_path):
+    code = (
+        "import sys; from encoderlab.cli import main; rc = main(['--help']);"
+        "heavy = [m for m in ('torch', 'lightning', 'transformers', 'datasets', 'mlflow') if m in sys.modules];"
+        "assert not heavy, heavy; sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "encoderlab train" in res.stdout
+
+
+def test_console_script_help(tmp_path):
+    res = subprocess.run(["encoderlab", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0 and "usage: encoderlab" in res.stdout
+
+
+def test_unknown_command(cli):
+    res = cli("fly")
+    assert res.code == 2 and "unknown command 'fly'" in res.err
+
+
+def test_train_help_lists_config_groups(cli):
+    res = cli("train", "--help")
+    assert res.code == 0
+    for group in (
+        "model",
+        "dataset",
+        "trainer",
+        "optimizer",
+        "scheduler",
+        "logger",
+        "callbacks",
+        "experiment",
+    ):
+        assert group in res.out
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_cfg_job_prints_full_config_for_every_preset(cli, preset):
+    res = cli("train", "--cfg", "job", f"experiment={preset}")
+    assert res.code == 0, res.err
+    cfg = yaml.safe_load(res.out)
+    assert cfg["experiment_name"] == preset
+    for section in ("model", "dataset", "trainer", "optimizer", "scheduler", "logger", "callbacks"):
+        assert section in cfg
+    assert cfg["model"]["name_or_path"] and cfg["dataset"]["name"]
+    assert cfg["optimizer"]["lr"] > 0
+
+
+def test_recipes_match_the_seed_notebooks(cli):
+    imdb = yaml.safe_load(cli("train", "--cfg", "job", "experiment=imdb_bert").out)
+    assert imdb["model"]["name_or_path"] == "bert-base-uncased"
+    assert (
+        imdb["dataset"]["max_length"],
+        imdb["dataset"]["max_train_samples"],
+        imdb["dataset"]["val_size"],
+    ) == (256, 4000, 1000)
+    assert imdb["dataset"]["max_test_samples"] == 2000 and imdb["dataset"]["split_seed"] != imdb["seed"]
+    assert (imdb["optimizer"]["lr"], imdb["dataset"]["batch_size"], imdb["trainer"]["max_epochs"]) == (
+        2e-5,
+        8,
+        2,
+    )
+    assert imdb["callbacks"]["checkpoint"]["monitor"] == "val/f1_macro"
+    bal = yaml.safe_load(cli("train", "--cfg", "job", "experiment=imdb_balanced_bert").out)
+    assert bal["dataset"]["samples_per_class"] == 500 and bal["dataset"]["max_length"] == 512
+    assert bal["trainer"]["accumulate_grad_batches"] == 4 and bal["scheduler"]["warmup_ratio"] == 0.1
+    assert bal["trainer"]["val_every_n_steps"] == 50 and bal["callbacks"]["checkpoint"]["monitor"] == "val/f1"
+    amazon = yaml.safe_load(cli("train", "--cfg", "job", "experiment=amazon_bert").out)
+    assert (
+        amazon["dataset"]["text_field"] == ["title", "content"]
+        and amazon["dataset"]["train_pool_size"] == 10000
+    )
+    assert amazon["scheduler"]["warmup_steps"] == 500 and amazon["trainer"]["max_epochs"] == 3
+    minilm = yaml.safe_load(cli("train", "--cfg", "job", "experiment=sst2_minilm").out)
+    assert minilm["model"]["name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert minilm["trainer"]["val_every_n_steps"] == 50
+
+
+def test_shell_style_overrides_and_search_path(cli, tmp_path):
+    """Users add config dirs without forking: --config-dir (or hydra.searchpath) adds their options."""
+    own = tmp_path / "my_conf" / "dataset"
+    own.mkdir(parents=True)
+    (own / "reviews.yaml").write_text(
+        "defaults:\n  - csv\n  - _self_\nname: reviews\ndata_files: data/reviews.csv\n"
+    )
+    res = cli(
+        "train",
+        "--config-dir",
+        str(tmp_path / "my_conf"),
+        "--cfg",
+        "job",
+        "dataset=reviews",
+        "optimizer.lr=3e-5",
+        "dataset.text_field=[title,body]",
+    )
+    assert res.code == 0, res.err
+    cfg = yaml.safe_load(res.out)
+    assert cfg["dataset"]["name"] == "reviews" and cfg["dataset"]["path"] == "csv"
+    assert cfg["dataset"]["text_field"] == ["title", "body"] and cfg["optimizer"]["lr"] == 3e-5
+    res = cli("train", "--cfg", "job", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "dataset=reviews")
+    assert res.code == 0, res.err
+    assert yaml.safe_load(res.out)["dataset"]["name"] == "reviews"
+
+
+def test_works_from_any_directory(tmp_path):
+    """The packaged conf/ is found wherever the command runs."""
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    res = subprocess.run(
+        ["encoderlab", "train", "--cfg", "job", "experiment=trec_minilm"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert yaml.safe_load(res.stdout)["dataset"]["name"] == "trec"
+    assert not (Path(elsewhere) / "conf").exists()

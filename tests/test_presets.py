@@ -1,0 +1,23 @@
+"""Every experiment preset runs end to end (Lightning fast_dev_run) on tiny data with a tiny local model."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import FAST, all_runs
+from test_cli import PRESETS
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_runs_a_couple_of_steps(cli, tiny_bert, mlflow_client, preset):
+    res = cli(
+        "train", f"experiment={preset}", f"model.name_or_path={tiny_bert}", "trainer.fast_dev_run=2", *FAST
+    )
+    assert res.code == 0, res.err
+    runs = all_runs(mlflow_client)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["experiment_name"] == preset
+    assert "test/accuracy" in run.data.metrics
+    assert 0.0 <= run.data.metrics["test/accuracy"] <= 1.0

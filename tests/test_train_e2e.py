@@ -1,0 +1,162 @@
+"""A tiny BERT trained and tested end to end through the CLI, checked in MLflow like a user would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import FAST, all_runs
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    out: set[str] = set()
+    for f in client.list_artifacts(run_id, path):
+        out |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path}
+    return out
+
+
+@pytest.fixture
+def trained(cli, tiny_bert, mlflow_client):
+    res = cli(
+        "train",
+        "experiment=sst2_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=400",
+        "trainer.val_every_n_steps=10",
+        "optimizer.lr=1e-3",
+        "trainer.log_every_n_steps=2",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    (run,) = all_runs(mlflow_client)
+    return run
+
+
+def test_run_is_recorded_in_mlflow(trained, mlflow_client, isolated):
+    run = trained
+    assert run.info.status == "FINISHED"
+    # params: the flattened resolved config
+    p = run.data.params
+    assert (
+        p["optimizer.lr"] == "0.001"
+        and p["dataset.name"] == "sst2"
+        and p["trainer.val_every_n_steps"] == "10"
+    )
+    # per-step training metrics and periodic validation
+    steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train/loss_step")]
+    assert len(steps) >= 5 and steps == sorted(steps)
+    val = mlflow_client.get_metric_history(run.info.run_id, "val/accuracy")
+    assert len(val) >= 2  # every 10 optimizer steps over 25 steps
+    for name in (
+        "test/accuracy",
+        "test/f1_macro",
+        "test/f1_weighted",
+        "test/precision_macro",
+        "test/recall_macro",
+        "test/f1",
+        "test/auroc",
+        "val/f1_macro",
+        "val/loss",
+    ):
+        assert name in run.data.metrics, name
+    # tags
+    tags = run.data.tags
+    assert tags["encoderlab.version"] and tags["encoderlab.dataset_fingerprint"]
+    assert "experiment=sst2_minilm" in tags["encoderlab.command"]
+    assert tags["encoderlab.test_split"] == "validation"
+    # artifacts
+    arts = _artifacts(mlflow_client, run.info.run_id)
+    for expected in (
+        "config/config.yaml",
+        "config/hydra/overrides.yaml",
+        "environment/pip_freeze.txt",
+        "plots/confusion_matrix.png",
+        "predictions/test_predictions.csv",
+        "model/config.json",
+        "model/model.safetensors",
+        "data/summary.json",
+    ):
+        assert expected in arts, expected
+    assert any(a.startswith("model/tokenizer") for a in arts)
+    # the config artifact is the composed config
+    cfg_text = mlflow_client.download_artifacts(run.info.run_id, "config/config.yaml", str(isolated))
+    assert yaml.safe_load(Path(cfg_text).read_text())["experiment_name"] == "sst2_minilm"
+
+
+def test_training_learns_and_predictions_are_consistent(trained, mlflow_client, isolated):
+    run = trained
+    # 400 SST-2 sentences at lr 1e-3 are enough for a 2-layer model to beat chance on held-out data
+    assert run.data.metrics["test/accuracy"] > 0.55
+    local = mlflow_client.download_artifacts(
+        run.info.run_id, "predictions/test_predictions.csv", str(isolated)
+    )
+    preds = pd.read_csv(local)
+    assert len(preds) == int(run.data.metrics["data/test_rows"])
+    assert {"text", "label", "prediction", "confidence", "prob_negative", "prob_positive"} <= set(
+        preds.columns
+    )
+    assert (preds[["prob_negative", "prob_positive"]].sum(axis=1) - 1).abs().max() < 1e-4
+    assert abs(preds["correct"].mean() - run.data.metrics["test/accuracy"]) < 1e-6
+
+
+def test_logged_model_loads_with_pipeline(trained, mlflow_client, isolated):
+    from transformers import pipeline
+
+    model_dir = mlflow_client.download_artifacts(trained.info.run_id, "model", str(isolated / "dl"))
+    clf = pipeline("text-classification", model=model_dir)
+    out = clf(["a moving and beautiful film", "dull , lifeless and far too long"])
+    assert {o["label"] for o in out} <= {"negative", "positive"}
+
+
+def test_second_run_loads_tokenization_from_cache(cli, tiny_bert, mlflow_client):
+    args = (
+        "train",
+        "experiment=trec_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "trainer.fast_dev_run=1",
+        "dataset.cache_dir=tok_cache",
+        *FAST,
+    )
+    assert cli(*args).code == 0
+    assert cli(*args).code == 0
+    first, second = sorted(all_runs(mlflow_client), key=lambda r: r.info.start_time)
+    assert first.data.tags["encoderlab.tokenization_cache"] == "miss"
+    assert second.data.tags["encoderlab.tokenization_cache"] == "hit"
+    assert (
+        first.data.tags["encoderlab.dataset_fingerprint"]
+        == second.data.tags["encoderlab.dataset_fingerprint"]
+    )
+
+
+def test_multirun_makes_one_mlflow_run_per_job(cli, tiny_bert, mlflow_client):
+    res = cli(
+        "train",
+        "-m",
+        "experiment=sst2_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "optimizer.lr=1e-5,3e-5",
+        "trainer.fast_dev_run=1",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    runs = all_runs(mlflow_client)
+    assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["1e-05", "3e-05"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_crash_marks_run_failed(cli, tiny_bert, mlflow_client):
+    """A failure after the run started (here: 16-bit autocast requested on CPU) leaves a FAILED run."""
+    res = cli(
+        "train",
+        "experiment=sst2_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "trainer.precision=16-mixed",
+        *FAST,
+    )
+    assert res.code != 0
+    (run,) = all_runs(mlflow_client)
+    assert run.info.status == "FAILED"
+    assert "16-mixed" in run.data.tags["encoderlab.error"]
