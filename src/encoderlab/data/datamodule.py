@@ -80,6 +80,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             "format": CACHE_FORMAT,
         }
         for split, ds in self.prepared.splits.items():
+            if split == "test" and self.prepared.test_is_validation:
+                self.tokenized["test"] = self.tokenized["validation"]
+                continue
             key = hashlib.sha256(json.dumps([ds._fingerprint, tok_id, settings]).encode()).hexdigest()[:24]
             self.tokenized[split] = self._tokenize(split, ds, key)
 
