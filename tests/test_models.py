@@ -1,0 +1,127 @@
+"""The HF encoder wrapper and the LightningModule's optimisation settings."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import FAST
+from encoderlab.errors import EncoderlabError
+from encoderlab.models.classifier import SequenceClassifier, lr_lambda
+from encoderlab.models.hf_encoder import HFEncoderClassifier
+
+
+def _net(tiny_bert, **kwargs) -> HFEncoderClassifier:
+    return HFEncoderClassifier(str(tiny_bert), num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, **kwargs)
+
+
+def test_forward_gives_logits_and_labels_are_named(tiny_bert):
+    net = _net(tiny_bert)
+    tok = HFEncoderClassifier.build_tokenizer(
+        OmegaConf.create(
+            {
+                "name_or_path": str(tiny_bert),
+                "tokenizer_name_or_path": None,
+                "revision": None,
+                "trust_remote_code": False,
+            }
+        )
+    )
+    batch = tok(["one short text", "and another, somewhat longer text"], padding=True, return_tensors="pt")
+    assert net(dict(batch)).shape == (2, 3)
+    assert net.hf_model.config.id2label == {0: "a", 1: "b", 2: "c"}
+    assert net.hf_model.training, "dropout must be active when training starts"
+
+
+def test_freezing_embeddings_and_first_layers(tiny_bert):
+    net = _net(tiny_bert, freeze_embeddings=True, freeze_layers=1)
+    bert = net.hf_model.bert
+    assert not any(p.requires_grad for p in bert.embeddings.parameters())
+    assert not any(p.requires_grad for p in bert.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in bert.encoder.layer[1].parameters())
+    assert all(p.requires_grad for p in net.hf_model.classifier.parameters())
+    with pytest.raises(EncoderlabError, match="encoder has 2 layers"):
+        _net(tiny_bert, freeze_layers=5)
+
+
+def test_dropout_checkpointing_and_attention_options(tiny_bert):
+    net = _net(tiny_bert, dropout=0.3, gradient_checkpointing=True, attn_implementation="eager")
+    cfg = net.hf_model.config
+    assert cfg.hidden_dropout_prob == 0.3 and cfg.attention_probs_dropout_prob == 0.3
+    assert net.hf_model.is_gradient_checkpointing
+    assert cfg._attn_implementation == "eager"
+
+
+def test_schedule_warms_up_then_decays():
+    linear = lr_lambda("linear", warmup=10, total=100)
+    assert linear(0) < linear(5) < linear(9) <= 1.0
+    assert (
+        linear(10) == pytest.approx(1.0)
+        and linear(55) == pytest.approx(0.5)
+        and linear(100) == pytest.approx(0.0)
+    )
+    cosine = lr_lambda("cosine", warmup=0, total=100)
+    assert cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0, abs=1e-9)
+    assert lr_lambda("constant", warmup=5, total=100)(80) == 1.0
+
+
+def test_no_weight_decay_on_biases_and_layernorm(tiny_bert):
+    module = SequenceClassifier(
+        _net(tiny_bert),
+        ["a", "b", "c"],
+        OmegaConf.create({"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.999], "eps": 1e-8}),
+        OmegaConf.create({"name": "linear", "warmup_steps": 0, "warmup_ratio": 0.0}),
+    )
+
+    class _Trainer:
+        estimated_stepping_batches = 100
+
+    module._trainer = _Trainer()  # configure_optimizers reads the total step count from the trainer
+    opt = module.configure_optimizers()["optimizer"]
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in module.named_parameters()}
+    assert all(p.ndim >= 2 for p in decay["params"])
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert any("LayerNorm.weight" in n for n in skipped) and any(n.endswith("bias") for n in skipped)
+
+
+def test_accumulation_steps_the_schedule_per_optimizer_step(cli, tiny_bert, mlflow_client):
+    """32 batches with accumulation 4 are 8 optimizer steps: the linear schedule reaches 0 at step 8."""
+    res = cli(
+        "train",
+        "experiment=sst2_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=512",
+        "trainer.accumulate_grad_batches=4",
+        "trainer.val_every_n_steps=4",
+        "trainer.log_every_n_steps=1",
+        "optimizer.lr=1e-3",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("sst2_minilm").experiment_id])
+    lrs = mlflow_client.get_metric_history(run.info.run_id, "lr-AdamW/pg1")
+    assert max(m.step for m in lrs) <= 8
+    assert len(mlflow_client.get_metric_history(run.info.run_id, "val/accuracy")) == 2  # after steps 4 and 8
+    assert run.data.params["trainer.accumulate_grad_batches"] == "4"
+
+
+def test_logger_none_keeps_results_in_the_run_dir(cli, tiny_bert, isolated):
+    res = cli(
+        "train",
+        "experiment=trec_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "logger=none",
+        "trainer.max_steps=3",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    assert not (isolated / "outputs" / "mlflow.db").exists()
+    (run_dir,) = (isolated / "outputs" / "runs").glob("*/*")
+    assert (run_dir / "metrics.json").is_file() and (
+        run_dir / "predictions" / "test_predictions.csv"
+    ).is_file()
+    assert (run_dir / "plots" / "confusion_matrix.png").is_file() and (
+        run_dir / "model" / "config.json"
+    ).is_file()
