@@ -102,9 +102,20 @@ def write_predictions(dm: TextClassificationDataModule, probs: torch.Tensor, pat
     return frame
 
 
+def _route_lightning_logs_through_hydra() -> None:
+    """Lightning adds its own console handler; Hydra's root handlers already print (and file) its logs."""
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logging.getLogger().handlers:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
 def train(cfg: DictConfig) -> float | None:
     """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric."""
     run_dir = Path(cfg.output_dir).resolve()
+    _route_lightning_logs_through_hydra()
     L.seed_everything(cfg.seed, workers=True)
 
     with TrackedRun(cfg, run_dir) as run:
