@@ -137,6 +137,7 @@ class CheckpointConfig:
     monitor: str = "val/f1_macro"
     mode: str = "max"
     save_top_k: int = 1
+    save_weights_only: bool = True  # False keeps optimizer state too (3x larger), for resuming
 
 
 @dataclass

@@ -124,7 +124,7 @@ class TrackedRun:
         if exc is None:
             self.client.set_terminated(self.run_id, "FINISHED")
         else:
-            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
             reason = f"{type(exc).__name__}: {exc}"
             try:
                 self.client.set_tag(self.run_id, "encoderlab.error", reason[:4900])

@@ -38,6 +38,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> tuple[L.Trainer, Mo
         monitor=cb.checkpoint.monitor,
         mode=cb.checkpoint.mode,
         save_top_k=cb.checkpoint.save_top_k,
+        save_weights_only=cb.checkpoint.save_weights_only,
         auto_insert_metric_name=False,
     )
     callbacks: list = [checkpoint]

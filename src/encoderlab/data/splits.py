@@ -65,30 +65,27 @@ def _label_names(train: Dataset, ds_cfg: DictConfig) -> list[str]:
 
 
 def _label_ids(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) -> np.ndarray:
-    """Map the label column to ids in `names`; a value outside the set is an error naming the row."""
-    feature = ds.features[ds_cfg.label_field]
+    """Map the label column to ids in `names`; a value outside the set is an error naming the row.
+
+    Int labels (ClassLabel or declared names) are ids into `names`; strings are looked up by name.
+    """
+    ids_are_indices = ds_cfg.label_names is not None or isinstance(ds.features[ds_cfg.label_field], ClassLabel)
     raw = ds[ds_cfg.label_field]
     index = {n: i for i, n in enumerate(names)}
-    declared = ds_cfg.label_names is not None
     ids = np.empty(len(raw), dtype=np.int64)
     for row, value in enumerate(raw):
-        if isinstance(feature, ClassLabel) and isinstance(value, int) and value >= 0:
-            key = feature.int2str(value)
-        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool) and declared:
-            if 0 <= value < len(names):
-                ids[row] = value
-                continue
-            key = None
+        is_int = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if is_int and ids_are_indices and 0 <= value < len(names):
+            ids[row] = value
+        elif value is not None and not (is_int and ids_are_indices) and str(value) in index:
+            ids[row] = index[str(value)]
         else:
-            key = None if value is None else str(value)
-        if key is None or key not in index:
+            allowed = f"{names}" + (f" (or their ids 0..{len(names) - 1})" if ids_are_indices else "")
             raise EncoderlabError(
                 f"Row {row} of the '{split}' split of '{ds_cfg.name}' has label {value!r} in column "
-                f"'{ds_cfg.label_field}', which is not one of the label names {names}"
-                + (f" (or their ids 0..{len(names) - 1})" if declared else "")
-                + ". Fix the data or dataset.label_names."
+                f"'{ds_cfg.label_field}', which is not one of the label names {allowed}. "
+                "Fix the data or dataset.label_names."
             )
-        ids[row] = index[key]
     return ids
 
 
