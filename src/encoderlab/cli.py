@@ -44,7 +44,7 @@ def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
     import hydra
 
     from encoderlab.config import conf_dir, register_configs
-    from encoderlab.errors import EncoderlabError, format_config_error
+    from encoderlab.errors import ConfigError, EncoderlabError, format_config_error
 
     register_configs()
     main_fn = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
@@ -58,7 +58,7 @@ def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
         if user_full_error:
             raise
         print(f"error: {ex}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(ex, ConfigError) else 1
     except Exception as ex:
         message = format_config_error(ex)
         if message is None or user_full_error:

@@ -10,6 +10,10 @@ class EncoderlabError(Exception):
     """A problem with the user's input (config, data, model path): reported without a traceback."""
 
 
+class ConfigError(EncoderlabError):
+    """The composed config is invalid: reported before any heavy import, exit code 2."""
+
+
 def _allowed_keys(object_type: Any) -> list[str]:
     if object_type is not None and dataclasses.is_dataclass(object_type):
         return [f.name for f in dataclasses.fields(object_type)]

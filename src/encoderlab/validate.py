@@ -7,11 +7,11 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from encoderlab.config import ALLOWED_VALUES, SCHEMAS
-from encoderlab.errors import EncoderlabError
+from encoderlab.errors import ConfigError
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
-    raise EncoderlabError(f"Config error: bad value for '{key}': {value!r}. Allowed: {allowed}.")
+    raise ConfigError(f"Config error: bad value for '{key}': {value!r}. Allowed: {allowed}.")
 
 
 def _check_known_keys(cfg: DictConfig) -> None:
@@ -26,7 +26,7 @@ def _check_known_keys(cfg: DictConfig) -> None:
         extra = [k for k in node if k not in allowed and not (section == "" and k == "hydra")]
         if extra:
             where = section or "the top level"
-            raise EncoderlabError(
+            raise ConfigError(
                 f"Config error: unknown key '{(section + '.') if section else ''}{extra[0]}'. "
                 f"Keys allowed in {where}: {', '.join(allowed)}."
             )
@@ -70,12 +70,12 @@ def validate_config(cfg: DictConfig) -> None:
     if OmegaConf.is_missing(ds, "data_files") or (
         ds.path in ("csv", "json", "parquet") and ds.data_files is None
     ):
-        raise EncoderlabError(
+        raise ConfigError(
             f"Config error: dataset.path={ds.path!r} reads local files, but dataset.data_files is not set. "
             "Pass a path, a list, or a map such as dataset.data_files='{train: a.csv, test: b.csv}'."
         )
     if isinstance(ds.data_files, DictConfig) and ds.train_split not in ds.data_files:
-        raise EncoderlabError(
+        raise ConfigError(
             f"Config error: dataset.data_files has no '{ds.train_split}' entry (dataset.train_split); "
             f"it has: {', '.join(ds.data_files.keys())}."
         )
@@ -90,6 +90,6 @@ def validate_config(cfg: DictConfig) -> None:
     if not 0 <= cfg.scheduler.warmup_ratio < 1:
         _fail("scheduler.warmup_ratio", cfg.scheduler.warmup_ratio, "a float in [0, 1)")
     if OmegaConf.is_missing(cfg.model, "name_or_path"):
-        raise EncoderlabError(
+        raise ConfigError(
             "Config error: 'model.name_or_path' is required: a Hub model id or a local save_pretrained directory."
         )

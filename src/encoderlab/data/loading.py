@@ -26,6 +26,35 @@ def mirror_folder(name: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def _rows(path: Path) -> int | None:
+    """Row count of a local data file, when cheap to know (None: unknown or not local)."""
+    if not path.is_file():
+        return None
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_metadata(path).num_rows
+    if path.suffix in (".csv", ".tsv"):
+        with path.open() as f:
+            return max(0, sum(1 for line in f if line.strip()) - 1)  # minus the header
+    if path.suffix in (".json", ".jsonl"):
+        with path.open() as f:
+            return sum(1 for line in f if line.strip())
+    return None
+
+
+def _check_not_empty(name: str, files: dict) -> None:
+    """`load_dataset` fails obscurely on a zero-row file; say which split is empty instead."""
+    for split, paths in files.items():
+        paths = [paths] if isinstance(paths, str) else list(paths)
+        counts = [_rows(Path(p).expanduser()) for p in paths]
+        if counts and all(c == 0 for c in counts):
+            raise EncoderlabError(
+                f"The '{split}' split of dataset '{name}' ({', '.join(map(str, paths))}) is empty: it has no rows. "
+                "Every split needs at least one row (the train split to train on)."
+            )
+
+
 def load_raw_splits(ds_cfg: DictConfig) -> DatasetDict:
     """All splits the source offers, as a DatasetDict keyed by split name."""
     folder = mirror_folder(ds_cfg.name)
@@ -33,6 +62,7 @@ def load_raw_splits(ds_cfg: DictConfig) -> DatasetDict:
         files = {p.stem: str(p) for p in sorted(folder.glob("*.parquet"))}
         if not files:
             raise EncoderlabError(f"The offline mirror folder {folder} holds no <split>.parquet files.")
+        _check_not_empty(ds_cfg.name, files)
         return load_dataset("parquet", data_files=files)
 
     kwargs = {}
@@ -42,20 +72,26 @@ def load_raw_splits(ds_cfg: DictConfig) -> DatasetDict:
             if OmegaConf.is_config(ds_cfg.data_files)
             else ds_cfg.data_files
         )
+        files = kwargs["data_files"]
+        _check_not_empty(ds_cfg.name, files if isinstance(files, dict) else {ds_cfg.train_split: files})
     try:
         loaded = load_dataset(ds_cfg.path, ds_cfg.config_name, **kwargs)
     except Exception as ex:  # datasets raises many types (FileNotFound, ConnectionError, DatasetNotFound...)
         mirror = os.environ.get(DATA_DIR_ENV)
-        hint = (
-            f"ENCODERLAB_DATA_DIR={mirror} has no '{ds_cfg.name}' folder"
-            if mirror
-            else f"offline, set ENCODERLAB_DATA_DIR to a folder holding {ds_cfg.name}/<split>.parquet"
-        )
-        reason = " ".join(str(ex).split())[:500]
+        if ds_cfg.path in ("csv", "json", "parquet"):
+            hint = "check dataset.data_files (paths are relative to the directory you run in)"
+        elif mirror:
+            hint = (
+                f"check the Hub id or local path; ENCODERLAB_DATA_DIR={mirror} has no '{ds_cfg.name}' folder"
+            )
+        else:
+            hint = f"check the Hub id or local path; offline, set ENCODERLAB_DATA_DIR to a folder holding {ds_cfg.name}/<split>.parquet"
+        cause = ex.__cause__ or ex
+        reason = f"{type(ex).__name__}: " + " ".join(f"{cause}".split())[:500]
         raise EncoderlabError(
             f"Could not load dataset '{ds_cfg.name}' (dataset.path={ds_cfg.path!r}, "
-            f"dataset.config_name={ds_cfg.config_name!r}): {type(ex).__name__}: {reason}. "
-            f"Check the Hub id or local path; {hint}."
+            f"dataset.config_name={ds_cfg.config_name!r}): {reason}. "
+            f"{hint[0].upper()}{hint[1:]}."
         ) from ex
     if not isinstance(loaded, DatasetDict):
         loaded = DatasetDict({ds_cfg.train_split: loaded})

@@ -69,7 +69,9 @@ def _label_ids(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) ->
 
     Int labels (ClassLabel or declared names) are ids into `names`; strings are looked up by name.
     """
-    ids_are_indices = ds_cfg.label_names is not None or isinstance(ds.features[ds_cfg.label_field], ClassLabel)
+    ids_are_indices = ds_cfg.label_names is not None or isinstance(
+        ds.features[ds_cfg.label_field], ClassLabel
+    )
     raw = ds[ds_cfg.label_field]
     index = {n: i for i, n in enumerate(names)}
     ids = np.empty(len(raw), dtype=np.int64)
