@@ -194,7 +194,10 @@ def train(cfg: DictConfig) -> float | None:
                 module.test_confusion.numpy(),
                 dm.label_names,
                 run_dir / "plots" / "confusion_matrix.png",
-                "Test confusion matrix",
+                "Confusion matrix, "
+                + (
+                    "validation split" if summary["test_is_validation"] else f"{cfg.dataset.test_split} split"
+                ),
             )
             run.log_artifact(png, "plots")
         if (
