@@ -125,3 +125,23 @@ def test_logger_none_keeps_results_in_the_run_dir(cli, tiny_bert, isolated):
     assert (run_dir / "plots" / "confusion_matrix.png").is_file() and (
         run_dir / "model" / "config.json"
     ).is_file()
+
+
+def test_early_stopping_ends_training_when_the_metric_stalls(cli, tiny_bert, mlflow_client):
+    """lr 1e-12 leaves validation F1 unchanged, so patience 1 stops after the second validation."""
+    res = cli(
+        "train",
+        "experiment=sst2_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "callbacks=early_stopping",
+        "callbacks.early_stopping.patience=1",
+        "optimizer.lr=1e-12",
+        "dataset.max_train_samples=400",
+        "trainer.val_every_n_steps=2",
+        "trainer.log_every_n_steps=1",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("sst2_minilm").experiment_id])
+    assert len(mlflow_client.get_metric_history(run.info.run_id, "val/accuracy")) == 2  # of 12 scheduled
+    assert max(m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train/loss_step")) < 10
