@@ -145,6 +145,9 @@ def test_multirun_makes_one_mlflow_run_per_job(cli, tiny_bert, mlflow_client):
     runs = all_runs(mlflow_client)
     assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["1e-05", "3e-05"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    names = [r.info.run_name for r in runs]
+    assert len(set(names)) == 2 and all(n.startswith("sst2_minilm-") for n in names)
+    assert sorted(n[-4:] for n in names) == ["job0", "job1"]
 
 
 def test_crash_marks_run_failed(cli, tiny_bert, mlflow_client):

@@ -64,6 +64,19 @@ def pip_freeze() -> str:
     return "\n".join(f"{n}=={v}" for n, v in sorted(dists.items(), key=lambda kv: kv[0].lower())) + "\n"
 
 
+def default_run_name(cfg: DictConfig) -> str:
+    """<experiment>-<MMDD-HHMMSS>-<4 hex>[-job<N>]: unique even after seed_everything fixed `random`."""
+    import secrets
+    from datetime import datetime
+
+    from hydra.core.hydra_config import HydraConfig
+
+    name = f"{cfg.experiment_name}-{datetime.now():%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+        name += f"-job{HydraConfig.get().job.num}"
+    return name
+
+
 class TrackedRun:
     """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
 
@@ -110,7 +123,9 @@ class TrackedRun:
             tags.update(
                 {"mlflow.source.git.commit": git["commit"], "encoderlab.git_dirty": str(git["dirty"]).lower()}
             )
-        run = self.client.create_run(self.experiment_id, run_name=self.cfg.run_name, tags=tags)
+        run = self.client.create_run(
+            self.experiment_id, run_name=self.cfg.run_name or default_run_name(self.cfg), tags=tags
+        )
         self.run_id = run.info.run_id
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, name, self.tracking_uri)
         self.log_text(pip_freeze(), "environment/pip_freeze.txt")
