@@ -1,0 +1,183 @@
+"""A transformer encoder for sequence classification, trained from scratch.
+
+Token embedding + positions (sinusoidal | learned) -> N encoder blocks (pre-LN by default, post-LN as an
+option; residual connections around attention and MLP) -> final LayerNorm -> pooling (cls | mean | max,
+all mask-aware) -> classifier. Attention goes through F.scaled_dot_product_attention with a boolean
+key-padding mask, so padding gets exactly zero weight. Shapes: B batch, T tokens, C d_model, H heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoderlab.errors import ConfigError
+
+
+@dataclass
+class ScratchConfig:
+    vocab_size: int = 8000
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 512
+    dropout: float = 0.1
+    max_len: int = 512
+    positions: str = "sinusoidal"  # sinusoidal | learned
+    norm: str = "pre"  # pre | post
+    pooling: str = "mean"  # cls | mean | max
+    pad_token_id: int = 0
+    num_labels: int = 2
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_heads != 0:
+            raise ConfigError(
+                f"Config error: model.n_heads={self.n_heads} must divide model.d_model={self.d_model} "
+                f"(each head gets d_model / n_heads dimensions). Divisors of {self.d_model} up to 64: "
+                f"{', '.join(str(h) for h in range(1, 65) if self.d_model % h == 0)}."
+            )
+        for key, value, allowed in (
+            ("positions", self.positions, ("sinusoidal", "learned")),
+            ("norm", self.norm, ("pre", "post")),
+            ("pooling", self.pooling, ("cls", "mean", "max")),
+        ):
+            if value not in allowed:
+                raise ConfigError(
+                    f"Config error: bad value for 'model.{key}': {value!r}. Allowed: {', '.join(allowed)}."
+                )
+
+
+def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
+    """(max_len, C) fixed sin/cos positions of 'Attention Is All You Need'."""
+    pos = torch.arange(max_len).unsqueeze(1)  # (T, 1)
+    freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))  # (C/2,)
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
+    return table
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ScratchConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, need_weights: bool = False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (
+            t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v)
+        )  # (B, H, T, C/H)
+        mask = keep[:, None, None, :]  # (B, 1, 1, T): True where the key is a real token
+        weights = None
+        if need_weights:  # explicit path, same math, to return the maps
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
+            weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+            y = F.dropout(weights, self.dropout, self.training) @ v
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.proj(y), weights
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ScratchConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.down(F.gelu(self.up(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """x + attn(norm(x)); x + mlp(norm(x))  (pre-LN)   or   norm(x + attn(x)); norm(x + mlp(x))  (post-LN)."""
+
+    def __init__(self, cfg: ScratchConfig) -> None:
+        super().__init__()
+        self.pre = cfg.norm == "pre"
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor, need_weights: bool = False):
+        if self.pre:
+            a, w = self.attn(self.ln1(x), keep, need_weights)
+            x = x + self.drop(a)
+            x = x + self.mlp(self.ln2(x))
+        else:
+            a, w = self.attn(x, keep, need_weights)
+            x = self.ln1(x + self.drop(a))
+            x = self.ln2(x + self.mlp(x))
+        return x, w  # (B, T, C), (B, H, T, T) or None
+
+
+class ScratchEncoder(nn.Module):
+    """forward(batch) -> logits (B, num_labels); with return_attentions=True also a list of per-layer
+    attention maps, each (B, H, T, T)."""
+
+    def __init__(self, cfg: ScratchConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
+        if cfg.positions == "learned":
+            self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        else:
+            self.register_buffer("pos_table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
+        self.head = nn.Linear(cfg.d_model, cfg.num_labels)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        """BERT's init: normal(0, 0.02) weights, zero biases, unit LayerNorm."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+            if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+                module.weight.data[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, batch: dict[str, torch.Tensor], return_attentions: bool = False):
+        ids = batch["input_ids"]  # (B, T)
+        B, T = ids.shape
+        if ids.size(1) > self.cfg.max_len:
+            raise ValueError(f"sequence length {T} exceeds model.max_len={self.cfg.max_len}")
+        keep = (
+            batch["attention_mask"].bool() if "attention_mask" in batch else ids != self.cfg.pad_token_id
+        )  # (B, T)
+        pos = self.pos_emb.weight[:T] if self.cfg.positions == "learned" else self.pos_table[:T]  # (T, C)
+        x = self.drop(self.tok_emb(ids) + pos)  # (B, T, C)
+        maps = []
+        for block in self.blocks:
+            x, w = block(x, keep, return_attentions)
+            maps.append(w)
+        x = self.ln_f(x)  # (B, T, C)
+        pooled = self._pool(x, keep)  # (B, C)
+        logits = self.head(self.drop(pooled))  # (B, num_labels)
+        return (logits, maps) if return_attentions else logits
+
+    def _pool(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        if self.cfg.pooling == "cls":
+            return x[:, 0]
+        m = keep.unsqueeze(-1)  # (B, T, 1)
+        if self.cfg.pooling == "max":
+            return x.masked_fill(~m, float("-inf")).max(dim=1).values
+        return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)  # mask-aware mean

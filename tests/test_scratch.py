@@ -1,0 +1,96 @@
+"""Correctness of the from-scratch encoder (encoderlab/models/scratch.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from encoderlab.errors import ConfigError
+from encoderlab.models.scratch import ScratchConfig, ScratchEncoder
+
+
+def _model(**kw) -> ScratchEncoder:
+    torch.manual_seed(0)
+    cfg = ScratchConfig(
+        vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=128, num_labels=3, **kw
+    )
+    return ScratchEncoder(cfg).eval()
+
+
+def _padded(ids: list[int], width: int) -> dict[str, torch.Tensor]:
+    x = torch.zeros(1, width, dtype=torch.long)
+    x[0, : len(ids)] = torch.tensor(ids)
+    mask = torch.zeros(1, width, dtype=torch.long)
+    mask[0, : len(ids)] = 1
+    return {"input_ids": x, "attention_mask": mask}
+
+
+SENTENCE = [2, 17, 33, 41, 8, 59, 61, 3]
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "max"])
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_logits_do_not_depend_on_padding(pooling, positions, norm):
+    model = _model(pooling=pooling, positions=positions, norm=norm)
+    with torch.no_grad():
+        short = model(_padded(SENTENCE, 12))
+        long = model(_padded(SENTENCE, 64))
+    torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "learned"])
+def test_positions_make_the_model_order_sensitive(positions):
+    model = _model(positions=positions, pooling="mean")
+    reordered = [SENTENCE[0], *reversed(SENTENCE[1:-1]), SENTENCE[-1]]
+    with torch.no_grad():
+        a = model(_padded(SENTENCE, 12))
+        b = model(_padded(reordered, 12))
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_attention_rows_sum_to_one_and_ignore_padding():
+    model = _model()
+    batch = _padded(SENTENCE, 20)
+    with torch.no_grad():
+        logits, maps = model(batch, return_attentions=True)
+        plain = model(batch)
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)  # explicit path == SDPA path
+    assert len(maps) == 2
+    for w in maps:
+        assert w.shape == (1, 4, 20, 20)
+        torch.testing.assert_close(w.sum(-1), torch.ones(1, 4, 20))
+        assert torch.all(w[..., len(SENTENCE) :] == 0)
+
+
+def test_one_batch_overfits():
+    torch.manual_seed(0)
+    model = ScratchEncoder(
+        ScratchConfig(
+            vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32, num_labels=3, dropout=0.0
+        )
+    )
+    ids = torch.randint(4, 100, (8, 16))
+    mask = torch.ones_like(ids)
+    mask[4:, 10:] = 0
+    ids[mask == 0] = 0
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model({"input_ids": ids, "attention_mask": mask}), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_bad_head_count_is_a_clear_config_error():
+    with pytest.raises(ConfigError, match=r"n_heads=5 must divide model.d_model=128"):
+        ScratchConfig(d_model=128, n_heads=5)
+
+
+def test_bert_style_init():
+    model = _model()
+    w = model.blocks[0].mlp.up.weight
+    assert abs(w.std().item() - 0.02) < 0.005 and torch.all(model.blocks[0].mlp.up.bias == 0)
+    assert torch.all(model.tok_emb.weight[0] == 0)  # padding row
