@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from omegaconf import OmegaConf
+from transformers import AutoTokenizer
 
 from conftest import FAST
 from encoderlab.errors import EncoderlabError
@@ -17,16 +18,7 @@ def _net(tiny_bert, **kwargs) -> HFEncoderClassifier:
 
 def test_forward_gives_logits_and_labels_are_named(tiny_bert):
     net = _net(tiny_bert)
-    tok = HFEncoderClassifier.build_tokenizer(
-        OmegaConf.create(
-            {
-                "name_or_path": str(tiny_bert),
-                "tokenizer_name_or_path": None,
-                "revision": None,
-                "trust_remote_code": False,
-            }
-        )
-    )
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
     batch = tok(["one short text", "and another, somewhat longer text"], padding=True, return_tensors="pt")
     assert net(dict(batch)).shape == (2, 3)
     assert net.hf_model.config.id2label == {0: "a", 1: "b", 2: "c"}

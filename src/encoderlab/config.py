@@ -41,6 +41,33 @@ class HFModelConfig:
 
 
 @dataclass
+class ScratchModelConfig:
+    """A transformer encoder trained from scratch (encoderlab/models/scratch.py)."""
+
+    _target_: str = "encoderlab.models.scratch.ScratchEncoder"
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4  # must divide d_model
+    d_ff: int = 512
+    dropout: float = 0.1
+    max_len: int = 512  # longest sequence the positions cover (>= dataset.max_length)
+    positions: str = "sinusoidal"  # sinusoidal | learned
+    norm: str = "pre"  # pre | post
+    pooling: str = "mean"  # cls | mean | max
+
+
+@dataclass
+class TokenizerConfig:
+    """auto: the checkpoint's own tokenizer, or WordPiece trained on the train split for scratch models."""
+
+    kind: str = "auto"  # auto | pretrained | wordpiece | bpe
+    name_or_path: str | None = None  # pretrained: a Hub id or directory (default: the model's)
+    vocab_size: int = 8000
+    min_frequency: int = 2
+    lowercase: bool = True
+
+
+@dataclass
 class DatasetConfig:
     """Where the text and labels come from and how the splits are built."""
 
@@ -160,7 +187,8 @@ class CallbacksConfig:
 class TrainConfig:
     """The root of `encoderlab train`."""
 
-    model: Any = MISSING  # typed by the chosen model option (e.g. HFModelConfig)
+    model: Any = MISSING  # typed by the chosen model option (HFModelConfig, ScratchModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -176,6 +204,7 @@ class TrainConfig:
 SCHEMAS: dict[str, type] = {
     "": TrainConfig,
     "model": HFModelConfig,
+    "tokenizer": TokenizerConfig,
     "dataset": DatasetConfig,
     "trainer": TrainerConfig,
     "optimizer": OptimizerConfig,
@@ -187,6 +216,7 @@ SCHEMAS: dict[str, type] = {
 }
 
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
+    "tokenizer.kind": ("auto", "pretrained", "wordpiece", "bpe"),
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"),
     "optimizer.name": ("adamw",),
     "scheduler.name": ("linear", "cosine", "constant"),
@@ -201,3 +231,4 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(group="model", name="hf_schema", node=HFModelConfig)
+    cs.store(group="model", name="scratch_schema", node=ScratchModelConfig)

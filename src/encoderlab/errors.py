@@ -14,6 +14,15 @@ class ConfigError(EncoderlabError):
     """The composed config is invalid: reported before any heavy import, exit code 2."""
 
 
+def heads_error(d_model: int, n_heads: int) -> ConfigError:
+    """n_heads must divide d_model: said once, for the config check and for ScratchConfig."""
+    divisors = ", ".join(str(h) for h in range(1, 65) if d_model % h == 0)
+    return ConfigError(
+        f"Config error: model.n_heads={n_heads} must divide model.d_model={d_model} "
+        f"(each head gets d_model / n_heads dimensions). Divisors of {d_model} up to 64: {divisors}."
+    )
+
+
 def _allowed_keys(object_type: Any) -> list[str]:
     if object_type is not None and dataclasses.is_dataclass(object_type):
         return [f.name for f in dataclasses.fields(object_type)]

@@ -14,14 +14,15 @@ import lightning as L
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from encoderlab.data.datamodule import TextClassificationDataModule
+from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.errors import EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
 from encoderlab.plots import plot_confusion_matrix
+from encoderlab.tokenization import build_tokenizer
 from encoderlab.tracking import TrackedRun, flatten, resolved_config
 
 log = logging.getLogger(__name__)
@@ -129,12 +130,21 @@ def train(cfg: DictConfig) -> float | None:
             run.set_tags({"encoderlab.overrides": " ".join(HydraConfig.get().overrides.task)})
 
         # ---- data ----------------------------------------------------------------------------------
-        model_cls = get_class(cfg.model._target_)
-        tokenizer = model_cls.build_tokenizer(cfg.model)
-        dm = TextClassificationDataModule(cfg.dataset, tokenizer, seed=cfg.seed)
+        dm = TextClassificationDataModule(cfg.dataset, seed=cfg.seed)
+        prepared = dm.prepare()
+        train_split = prepared.splits["train"]
+        tokenizer, tok_summary = build_tokenizer(
+            cfg.tokenizer,
+            cfg.model,
+            train_split["text"],
+            train_split._fingerprint,
+            cache_root(cfg.dataset).parent,
+        )
+        dm.set_tokenizer(tokenizer)
         dm.setup()
         summary = dm.summary()
         run.log_text(json.dumps(summary, indent=2, default=str), "data/summary.json")
+        run.log_text(json.dumps(tok_summary, indent=2), "data/tokenizer.json")
         cache = {s: t["cache_hit"] for s, t in dm.tokenization.items()}
         run.set_tags(
             {
@@ -154,7 +164,9 @@ def train(cfg: DictConfig) -> float | None:
 
         # ---- model ---------------------------------------------------------------------------------
         id2label = dict(enumerate(dm.label_names))
-        net = instantiate(cfg.model, num_labels=dm.num_labels, id2label=id2label, _convert_="all")
+        net = instantiate(
+            cfg.model, num_labels=dm.num_labels, id2label=id2label, tokenizer=tokenizer, _convert_="all"
+        )
         module = SequenceClassifier(net, dm.label_names, cfg.optimizer, cfg.scheduler)
         n_params = sum(p.numel() for p in net.parameters())
         n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)

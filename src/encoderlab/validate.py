@@ -7,7 +7,7 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from encoderlab.config import ALLOWED_VALUES, SCHEMAS
-from encoderlab.errors import ConfigError
+from encoderlab.errors import ConfigError, heads_error
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
@@ -20,8 +20,10 @@ def _check_known_keys(cfg: DictConfig) -> None:
         node = OmegaConf.select(cfg, section) if section else cfg
         if not isinstance(node, DictConfig):
             continue
-        if section == "model" and OmegaConf.get_type(node) is not schema:
-            continue  # another model family validates its own keys
+        if section == "model":  # each model family has its own schema
+            schema = (
+                OmegaConf.get_type(node) if dataclasses.is_dataclass(OmegaConf.get_type(node)) else schema
+            )
         allowed = [f.name for f in dataclasses.fields(schema)]
         extra = [k for k in node if k not in allowed and not (section == "" and k == "hydra")]
         if extra:
@@ -89,7 +91,20 @@ def validate_config(cfg: DictConfig) -> None:
         _fail("optimizer.lr", cfg.optimizer.lr, "a positive float")
     if not 0 <= cfg.scheduler.warmup_ratio < 1:
         _fail("scheduler.warmup_ratio", cfg.scheduler.warmup_ratio, "a float in [0, 1)")
-    if OmegaConf.is_missing(cfg.model, "name_or_path"):
+    if "n_heads" in cfg.model:  # scratch encoder: the same checks as ScratchConfig, before heavy imports
+        m = cfg.model
+        if m.n_heads < 1 or m.d_model % m.n_heads != 0:
+            raise heads_error(m.d_model, m.n_heads)
+        if m.max_len < cfg.dataset.max_length:
+            _fail("model.max_len", m.max_len, f"an integer >= dataset.max_length ({cfg.dataset.max_length})")
+        for key, allowed in (
+            ("positions", "sinusoidal, learned"),
+            ("norm", "pre, post"),
+            ("pooling", "cls, mean, max"),
+        ):
+            if m[key] not in allowed.split(", "):
+                _fail(f"model.{key}", m[key], allowed)
+    elif OmegaConf.is_missing(cfg.model, "name_or_path"):
         raise ConfigError(
             "Config error: 'model.name_or_path' is required: a Hub model id or a local save_pretrained directory."
         )

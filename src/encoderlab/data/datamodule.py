@@ -48,15 +48,23 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 class TextClassificationDataModule(L.LightningDataModule):
     """Train/validation/test batches for sequence classification from one dataset config."""
 
-    def __init__(self, ds_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase, seed: int = 42) -> None:
+    def __init__(
+        self, ds_cfg: DictConfig, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 42
+    ) -> None:
         super().__init__()
         self.cfg = ds_cfg
-        self.tokenizer = tokenizer
         self.seed = seed
         self.prepared: PreparedSplits | None = None
         self.tokenized: dict[str, Dataset] = {}
         self.tokenization: dict[str, dict[str, Any]] = {}  # per split: rows, seconds, cache hit, file
-        self.collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=ds_cfg.pad_to_multiple_of)
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+
+    def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """The tokenizer may depend on the prepared train split (a scratch model trains its own)."""
+        self.tokenizer = tokenizer
+        self.collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=self.cfg.pad_to_multiple_of)
 
     # ---- building -------------------------------------------------------------------------------
     @property
@@ -68,11 +76,17 @@ class TextClassificationDataModule(L.LightningDataModule):
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    def prepare(self) -> PreparedSplits:
+        """Load and build the splits (no tokenization)."""
+        if self.prepared is None:
+            self.prepared = prepare_splits(load_raw_splits(self.cfg), self.cfg)
+        return self.prepared
+
     def setup(self, stage: str | None = None) -> None:
-        if self.prepared is not None:
+        if self.tokenized:
             return
-        raw = load_raw_splits(self.cfg)
-        self.prepared = prepare_splits(raw, self.cfg)
+        self.prepare()
+        assert self.tokenizer is not None, "set_tokenizer() before setup()"
         tok_id = tokenizer_fingerprint(self.tokenizer)
         settings = {
             "max_length": self.cfg.max_length,

@@ -6,12 +6,10 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
-    AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 
@@ -31,7 +29,7 @@ _DROPOUT_ATTRS = (
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _load_error(what: str, name_or_path: str, ex: Exception) -> EncoderlabError:
+def load_error(what: str, name_or_path: str, ex: Exception) -> EncoderlabError:
     local = Path(name_or_path).expanduser()
     reason = " ".join(str(ex).split())[:400]
     if local.exists() or name_or_path.startswith((".", "/", "~")):
@@ -64,6 +62,7 @@ class HFEncoderClassifier(nn.Module):
         gradient_checkpointing: bool = False,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
+        tokenizer: PreTrainedTokenizerBase | None = None,  # the checkpoint's own: nothing to size from it
     ) -> None:
         super().__init__()
         id2label = {int(k): v for k, v in (id2label or {i: str(i) for i in range(num_labels)}).items()}
@@ -90,24 +89,13 @@ class HFEncoderClassifier(nn.Module):
                 **kwargs,
             )
         except (OSError, ValueError) as ex:
-            raise _load_error("model", name_or_path, ex) from ex
+            raise load_error("model", name_or_path, ex) from ex
         self.hf_model.train()  # from_pretrained returns eval mode, and Lightning keeps submodule modes
         self._freeze(freeze_embeddings, freeze_layers)
         if gradient_checkpointing:
             self.hf_model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
             )
-
-    @staticmethod
-    def build_tokenizer(model_cfg: DictConfig) -> PreTrainedTokenizerBase:
-        """The tokenizer that belongs to the checkpoint (or model.tokenizer_name_or_path)."""
-        source = model_cfg.tokenizer_name_or_path or model_cfg.name_or_path
-        try:
-            return AutoTokenizer.from_pretrained(
-                source, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
-            )
-        except (OSError, ValueError) as ex:
-            raise _load_error("tokenizer", source, ex) from ex
 
     def _encoder_layers(self) -> nn.ModuleList | None:
         n = getattr(self.hf_model.config, "num_hidden_layers", None) or getattr(

@@ -8,14 +8,18 @@ key-padding mask, so padding gets exactly zero weight. Shapes: B batch, T tokens
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
-from encoderlab.errors import ConfigError
+from encoderlab.errors import ConfigError, heads_error
 
 
 @dataclass
@@ -34,12 +38,8 @@ class ScratchConfig:
     num_labels: int = 2
 
     def __post_init__(self) -> None:
-        if self.d_model % self.n_heads != 0:
-            raise ConfigError(
-                f"Config error: model.n_heads={self.n_heads} must divide model.d_model={self.d_model} "
-                f"(each head gets d_model / n_heads dimensions). Divisors of {self.d_model} up to 64: "
-                f"{', '.join(str(h) for h in range(1, 65) if self.d_model % h == 0)}."
-            )
+        if self.n_heads < 1 or self.d_model % self.n_heads != 0:
+            raise heads_error(self.d_model, self.n_heads)
         for key, value, allowed in (
             ("positions", self.positions, ("sinusoidal", "learned")),
             ("norm", self.norm, ("pre", "post")),
@@ -126,11 +126,25 @@ class Block(nn.Module):
 
 class ScratchEncoder(nn.Module):
     """forward(batch) -> logits (B, num_labels); with return_attentions=True also a list of per-layer
-    attention maps, each (B, H, T, T)."""
+    attention maps, each (B, H, T, T). Built from a ScratchConfig, or from keyword arguments (Hydra's
+    `_target_`), where `tokenizer` sets vocab_size and pad_token_id."""
 
-    def __init__(self, cfg: ScratchConfig) -> None:
+    def __init__(
+        self,
+        cfg: ScratchConfig | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        id2label: dict[int, str] | None = None,
+        **kwargs,
+    ) -> None:
         super().__init__()
+        if cfg is None:
+            if tokenizer is not None:
+                kwargs.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+            cfg = ScratchConfig(**kwargs)
         self.cfg = cfg
+        self.id2label = {
+            int(k): v for k, v in (id2label or {i: str(i) for i in range(cfg.num_labels)}).items()
+        }
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
@@ -173,6 +187,31 @@ class ScratchEncoder(nn.Module):
         pooled = self._pool(x, keep)  # (B, C)
         logits = self.head(self.drop(pooled))  # (B, num_labels)
         return (logits, maps) if return_attentions else logits
+
+    def save_pretrained(
+        self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> None:
+        """config.json + model.safetensors (+ the tokenizer): reloads with ScratchEncoder.from_pretrained."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": "encoderlab_scratch", **asdict(self.cfg), "id2label": self.id2label}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
+            str(directory / "model.safetensors"),
+        )
+        if tokenizer is not None:
+            tokenizer.save_pretrained(directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> ScratchEncoder:
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        config.pop("model_type", None)
+        id2label = config.pop("id2label", None)
+        model = cls(ScratchConfig(**config), id2label=id2label)
+        model.load_state_dict(load_file(str(directory / "model.safetensors")))
+        return model.eval()
 
     def _pool(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         if self.cfg.pooling == "cls":
