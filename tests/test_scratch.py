@@ -8,6 +8,8 @@ import torch
 from encoderlab.errors import ConfigError
 from encoderlab.models.scratch import ScratchConfig, ScratchEncoder
 
+FAST_ARGS = ["trainer.enable_progress_bar=false", "dataset.batch_size=16"]
+
 
 def _model(**kw) -> ScratchEncoder:
     torch.manual_seed(0)
@@ -94,3 +96,67 @@ def test_bert_style_init():
     w = model.blocks[0].mlp.up.weight
     assert abs(w.std().item() - 0.02) < 0.005 and torch.all(model.blocks[0].mlp.up.bias == 0)
     assert torch.all(model.tok_emb.weight[0] == 0)  # padding row
+
+
+def test_exported_model_reloads_to_identical_predictions(cli, isolated):
+    """The run's model/ dir (config.json + model.safetensors + tokenizer) gives back the logged test probabilities."""
+    import json
+
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from conftest import FAST
+
+    res = cli(
+        "train",
+        "experiment=trec_scratch",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "model.d_ff=64",
+        "tokenizer.vocab_size=800",
+        "trainer.max_epochs=2",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    (run_dir,) = (isolated / "outputs" / "runs").glob("*/*")
+    model_dir = run_dir / "model"
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in model_dir.iterdir()}
+    assert json.loads((model_dir / "config.json").read_text())["model_type"] == "encoderlab_scratch"
+    model = ScratchEncoder.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    preds = pd.read_csv(run_dir / "predictions" / "test_predictions.csv").head(40)
+    batch = tok(list(preds["text"]), truncation=True, max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = model(dict(batch)).softmax(-1)
+    names = [model.id2label[i] for i in range(probs.shape[1])]
+    expected = torch.tensor(preds[[f"prob_{n}" for n in names]].to_numpy(), dtype=torch.float32)
+    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+
+
+def test_scratch_tokenizer_is_trained_once_per_data_and_settings(cli, mlflow_client, isolated):
+    args = (
+        "train",
+        "experiment=trec_scratch",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "tokenizer.vocab_size=700",
+        "trainer.fast_dev_run=1",
+    )
+    assert cli(*args, *FAST_ARGS).code == 0
+    assert cli(*args, *FAST_ARGS).code == 0
+    assert cli(*args, "tokenizer.kind=bpe", *FAST_ARGS).code == 0
+    import json
+
+    runs = sorted(
+        mlflow_client.search_runs([mlflow_client.get_experiment_by_name("trec_scratch").experiment_id]),
+        key=lambda r: r.info.start_time,
+    )
+    summaries = [
+        json.loads(
+            Path(mlflow_client.download_artifacts(r.info.run_id, "data/tokenizer.json", str(isolated))).read_text()
+        )
+        for r in runs
+    ]
+    assert [s["cache_hit"] for s in summaries] == [False, True, False]
+    assert [s["kind"] for s in summaries] == ["wordpiece", "wordpiece", "bpe"]
+    assert all(s["vocab_size_actual"] <= 700 for s in summaries)

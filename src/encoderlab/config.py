@@ -77,7 +77,8 @@ class DatasetConfig:
     data_files: Any = None  # for csv/json/parquet builders: a path, list, or {split: path}
     train_split: str = "train"
     validation_split: str | None = "validation"  # None or absent: carved from train
-    test_split: str | None = "test"  # None: the test stage runs on the validation split
+    test_split: str | None = "test"  # None: carved when test_size is set, else the validation split is tested
+    extra_train_splits: list[str] = field(default_factory=list)  # concatenated into train first
     text_field: Any = "text"  # a column, or a list of columns joined with text_join
     text_join: str = ". "
     text_pair_field: str | None = None
@@ -89,6 +90,7 @@ class DatasetConfig:
     samples_per_class: int | None = None  # balanced per-class sampling of the train pool
     min_class_count: int = 0  # drop classes with fewer train rows than this
     val_size: float = 0.1  # fraction (<1) or count (>=1) carved from train when no validation split
+    test_size: float | None = None  # carve a test split too (fractions are of the train pool)
     split_seed: int = 42
     max_train_samples: int | None = None
     max_eval_samples: int | None = None

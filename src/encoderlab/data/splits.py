@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict
+from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig, ListConfig
 
 from encoderlab.errors import EncoderlabError
@@ -187,6 +187,10 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
     _check_columns(ds_cfg.train_split, train, ds_cfg)
     names = _label_names(train, ds_cfg)
     train = _normalise(ds_cfg.train_split, train, ds_cfg, names)
+    for extra in ds_cfg.extra_train_splits:
+        more = _normalise(extra, _need_split(raw, extra, "dataset.extra_train_splits", ds_cfg), ds_cfg, names)
+        train = concatenate_datasets([train, more])
+        notes.append(f"split '{extra}' ({len(more)} rows) concatenated into train")
 
     val = None
     if ds_cfg.validation_split is not None:
@@ -235,8 +239,14 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
             train, val, test = _keep(train), _keep(val), _keep(test)
             names = [names[i] for i in kept]
 
+    pool, carved_test = len(train), False
+    if test is None and ds_cfg.test_size is not None:
+        carved_test = True
+        train, test = _stratified_carve(train, ds_cfg.test_size, ds_cfg.split_seed)
+        notes.append(f"test carved from train: {len(test)} rows (stratified, seed {ds_cfg.split_seed})")
     if val is None:
-        train, val = _stratified_carve(train, ds_cfg.val_size, ds_cfg.split_seed)
+        val_rows = round(ds_cfg.val_size * pool) if ds_cfg.val_size < 1 else ds_cfg.val_size
+        train, val = _stratified_carve(train, val_rows, ds_cfg.split_seed + 1 if carved_test else ds_cfg.split_seed)
         notes.append(f"validation carved from train: {len(val)} rows (stratified, seed {ds_cfg.split_seed})")
 
     train = _shuffle_take(train, ds_cfg.max_train_samples, ds_cfg.subset_seed)
