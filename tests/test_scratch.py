@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -153,7 +155,9 @@ def test_scratch_tokenizer_is_trained_once_per_data_and_settings(cli, mlflow_cli
     )
     summaries = [
         json.loads(
-            Path(mlflow_client.download_artifacts(r.info.run_id, "data/tokenizer.json", str(isolated))).read_text()
+            Path(
+                mlflow_client.download_artifacts(r.info.run_id, "data/tokenizer.json", str(isolated))
+            ).read_text()
         )
         for r in runs
     ]

@@ -246,7 +246,9 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
         notes.append(f"test carved from train: {len(test)} rows (stratified, seed {ds_cfg.split_seed})")
     if val is None:
         val_rows = round(ds_cfg.val_size * pool) if ds_cfg.val_size < 1 else ds_cfg.val_size
-        train, val = _stratified_carve(train, val_rows, ds_cfg.split_seed + 1 if carved_test else ds_cfg.split_seed)
+        train, val = _stratified_carve(
+            train, val_rows, ds_cfg.split_seed + 1 if carved_test else ds_cfg.split_seed
+        )
         notes.append(f"validation carved from train: {len(val)} rows (stratified, seed {ds_cfg.split_seed})")
 
     train = _shuffle_take(train, ds_cfg.max_train_samples, ds_cfg.subset_seed)
