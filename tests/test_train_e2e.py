@@ -62,6 +62,8 @@ def test_run_is_recorded_in_mlflow(trained, mlflow_client, isolated):
         "val/loss",
     ):
         assert name in run.data.metrics, name
+    assert run.data.metrics["perf/train_samples_seen"] == 400  # one epoch of max_train_samples
+    assert run.data.metrics["perf/train_samples_per_second"] > 0
     # tags
     tags = run.data.tags
     assert tags["encoderlab.version"] and tags["encoderlab.dataset_fingerprint"]

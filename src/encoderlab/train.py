@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import lightning as L
@@ -174,7 +175,16 @@ def train(cfg: DictConfig) -> float | None:
 
         # ---- fit -----------------------------------------------------------------------------------
         trainer, checkpoint = build_trainer(cfg, run_dir, run.lightning_logger())
+        fit_start = time.perf_counter()
         trainer.fit(module, datamodule=dm)
+        fit_seconds = time.perf_counter() - fit_start
+        run.log_metrics(
+            {
+                "perf/fit_seconds": fit_seconds,  # includes periodic validation
+                "perf/train_samples_per_second": module.train_samples_seen / max(fit_seconds, 1e-9),
+                "perf/train_samples_seen": module.train_samples_seen,
+            }
+        )
 
         # ---- test with the best checkpoint ----------------------------------------------------------
         best = checkpoint.best_model_path or None

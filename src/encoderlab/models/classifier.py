@@ -49,6 +49,7 @@ class SequenceClassifier(L.LightningModule):
         self.test_probs: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
         self._test_batches: list[torch.Tensor] = []
+        self.train_samples_seen = 0  # for throughput (samples/s) reporting
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch)
@@ -60,6 +61,7 @@ class SequenceClassifier(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, probs = self._step(batch)
+        self.train_samples_seen += len(probs)
         self.train_metrics.update(probs, batch["labels"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(probs))
         return loss
