@@ -13,32 +13,14 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def build_tiny_bert(directory: Path, texts: list[str], vocab_size: int = 2000) -> Path:
     """Train a WordPiece tokenizer on `texts`, build a 2-layer BertForSequenceClassification, save both
     with save_pretrained so they load back through from_pretrained(directory)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from encoderlab.tokenization import train_tokenizer
 
     directory.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
-    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    tokenizer = BertTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        mask_token="[MASK]",
-    )
+    tokenizer = train_tokenizer(texts, "wordpiece", vocab_size=vocab_size)
     config = BertConfig(
-        vocab_size=tok.get_vocab_size(),
+        vocab_size=len(tokenizer),
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
