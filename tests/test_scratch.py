@@ -164,3 +164,23 @@ def test_scratch_tokenizer_is_trained_once_per_data_and_settings(cli, mlflow_cli
     assert [s["cache_hit"] for s in summaries] == [False, True, False]
     assert [s["kind"] for s in summaries] == ["wordpiece", "wordpiece", "bpe"]
     assert all(s["vocab_size_actual"] <= 700 for s in summaries)
+
+
+def test_scratch_and_pretrained_runs_compare_in_one_experiment(cli, tiny_bert, mlflow_client):
+    """Only model= changes: both runs land in the sst2_minilm experiment with the same metrics."""
+    common = ("train", "experiment=sst2_minilm", "trainer.fast_dev_run=2", *FAST_ARGS)
+    assert cli(*common, f"model.name_or_path={tiny_bert}").code == 0
+    assert (
+        cli(
+            *common, "model=scratch_tiny", "model.d_model=32", "model.n_heads=2", "tokenizer.vocab_size=600"
+        ).code
+        == 0
+    )
+    exp = mlflow_client.get_experiment_by_name("sst2_minilm")
+    runs = mlflow_client.search_runs([exp.experiment_id])
+    assert sorted(r.data.params["model._target_"].rsplit(".", 1)[1] for r in runs) == [
+        "HFEncoderClassifier",
+        "ScratchEncoder",
+    ]
+    metrics = [{k for k in r.data.metrics if k.startswith("test/")} for r in runs]
+    assert metrics[0] == metrics[1] and "test/accuracy" in metrics[0]
