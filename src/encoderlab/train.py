@@ -198,9 +198,7 @@ def train(cfg: DictConfig) -> float | None:
         run.set_tags(
             {
                 "encoderlab.best_checkpoint": best or "",
-                "encoderlab.test_split": "validation"
-                if summary["test_is_validation"]
-                else cfg.dataset.test_split,
+                "encoderlab.test_split": summary["test_source"],
             }
         )
         if best_score is not None:
@@ -216,10 +214,7 @@ def train(cfg: DictConfig) -> float | None:
                 module.test_confusion.numpy(),
                 dm.label_names,
                 run_dir / "plots" / "confusion_matrix.png",
-                "Confusion matrix, "
-                + (
-                    "validation split" if summary["test_is_validation"] else f"{cfg.dataset.test_split} split"
-                ),
+                f"Confusion matrix, {summary['test_source']} split",
             )
             run.log_artifact(png, "plots")
         if (

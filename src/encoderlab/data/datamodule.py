@@ -155,6 +155,7 @@ class TextClassificationDataModule(L.LightningDataModule):
             "sizes": {k: len(v) for k, v in self.prepared.splits.items()},
             "label_names": self.label_names,
             "test_is_validation": self.prepared.test_is_validation,
+            "test_source": self.prepared.test_source,
             "notes": self.prepared.notes,
             "tokenization": self.tokenization,
             "fingerprint": self.fingerprint(),

@@ -25,6 +25,7 @@ class PreparedSplits:
     splits: DatasetDict
     label_names: list[str]
     test_is_validation: bool = False
+    test_source: str = "test"  # the source split, "carved from train", or "validation"
     notes: list[str] = field(default_factory=list)
 
 
@@ -273,6 +274,13 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
         {k: len(v) for k, v in splits.items()},
         "; ".join(notes) or "splits as given",
     )
+    test_source = (
+        "validation" if test_is_validation else ("carved from train" if carved_test else ds_cfg.test_split)
+    )
     return PreparedSplits(
-        splits=splits, label_names=names, test_is_validation=test_is_validation, notes=notes
+        splits=splits,
+        label_names=names,
+        test_is_validation=test_is_validation,
+        test_source=test_source,
+        notes=notes,
     )
