@@ -219,6 +219,9 @@ SCHEMAS: dict[str, type] = {
 
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "tokenizer.kind": ("auto", "pretrained", "wordpiece", "bpe"),
+    "model.positions": ("sinusoidal", "learned"),  # scratch encoder
+    "model.norm": ("pre", "post"),
+    "model.pooling": ("cls", "mean", "max"),
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"),
     "optimizer.name": ("adamw",),
     "scheduler.name": ("linear", "cosine", "constant"),

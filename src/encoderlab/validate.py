@@ -97,13 +97,6 @@ def validate_config(cfg: DictConfig) -> None:
             raise heads_error(m.d_model, m.n_heads)
         if m.max_len < cfg.dataset.max_length:
             _fail("model.max_len", m.max_len, f"an integer >= dataset.max_length ({cfg.dataset.max_length})")
-        for key, allowed in (
-            ("positions", "sinusoidal, learned"),
-            ("norm", "pre, post"),
-            ("pooling", "cls, mean, max"),
-        ):
-            if m[key] not in allowed.split(", "):
-                _fail(f"model.{key}", m[key], allowed)
     elif OmegaConf.is_missing(cfg.model, "name_or_path"):
         raise ConfigError(
             "Config error: 'model.name_or_path' is required: a Hub model id or a local save_pretrained directory."

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from encoderlab.config import ALLOWED_VALUES
 from encoderlab.errors import ConfigError, heads_error
 
 
@@ -40,14 +41,11 @@ class ScratchConfig:
     def __post_init__(self) -> None:
         if self.n_heads < 1 or self.d_model % self.n_heads != 0:
             raise heads_error(self.d_model, self.n_heads)
-        for key, value, allowed in (
-            ("positions", self.positions, ("sinusoidal", "learned")),
-            ("norm", self.norm, ("pre", "post")),
-            ("pooling", self.pooling, ("cls", "mean", "max")),
-        ):
-            if value not in allowed:
+        for key in ("positions", "norm", "pooling"):  # the values the config check allows
+            allowed = ALLOWED_VALUES[f"model.{key}"]
+            if getattr(self, key) not in allowed:
                 raise ConfigError(
-                    f"Config error: bad value for 'model.{key}': {value!r}. Allowed: {', '.join(allowed)}."
+                    f"Config error: bad value for 'model.{key}': {getattr(self, key)!r}. Allowed: {', '.join(allowed)}."
                 )
 
 
