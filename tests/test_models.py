@@ -114,9 +114,7 @@ def test_logger_none_keeps_results_in_the_run_dir(cli, tiny_bert, isolated):
     assert (run_dir / "metrics.json").is_file() and (
         run_dir / "predictions" / "test_predictions.csv"
     ).is_file()
-    assert (run_dir / "plots" / "confusion_matrix.png").is_file() and (
-        run_dir / "model" / "config.json"
-    ).is_file()
+    assert (run_dir / "report" / "report.html").is_file() and (run_dir / "model" / "config.json").is_file()
 
 
 def test_early_stopping_ends_training_when_the_metric_stalls(cli, tiny_bert, mlflow_client):

@@ -18,6 +18,12 @@ commands:
             encoderlab train -m experiment=sst2_minilm optimizer.lr=1e-5,3e-5   (Hydra multirun)
             encoderlab train --cfg job experiment=imdb_bert                   (print the config)
             encoderlab train --help                                           (config groups)
+  predict   label texts with a trained model (MLflow run id, run directory or model directory)
+            encoderlab predict <run-id> "The movie is good." "The movie is not good."
+            encoderlab predict <model-dir> --file reviews.csv --column text --output preds.jsonl
+            encoderlab predict <model-dir> --mc-dropout 20 --threshold 0.6 < texts.txt
+  evaluate  the evaluation report of a trained model on any dataset split (logged to MLflow)
+            encoderlab evaluate source=<run-id> dataset=imdb              (cross-domain: SST-2 -> IMDb)
 
 options:
   -h, --help     show this message
@@ -37,6 +43,26 @@ def _task(cfg) -> float | None:
     from encoderlab.train import train
 
     return train(cfg)
+
+
+def _evaluate_task(cfg) -> float:
+    from encoderlab.validate import validate_evaluate_config
+
+    validate_evaluate_config(cfg)
+    from encoderlab.evaluate import evaluate
+
+    return evaluate(cfg)
+
+
+def _predict(argv: list[str]) -> int:
+    from encoderlab.errors import EncoderlabError
+    from encoderlab.predict import main as predict_main
+
+    try:
+        return predict_main(argv)
+    except EncoderlabError as ex:
+        print(f"error: {ex}", file=sys.stderr)
+        return 1
 
 
 def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
@@ -83,5 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "train":
         return run_hydra(rest, "train", _task, "encoderlab train")
-    print(f"error: unknown command '{command}'. Commands: train. See `encoderlab --help`.", file=sys.stderr)
+    if command == "evaluate":
+        return run_hydra(rest, "evaluate", _evaluate_task, "encoderlab evaluate")
+    if command == "predict":
+        return _predict(rest)
+    print(
+        f"error: unknown command '{command}'. Commands: train, evaluate, predict. See `encoderlab --help`.",
+        file=sys.stderr,
+    )
     return 2

@@ -186,6 +186,49 @@ class CallbacksConfig:
 
 
 @dataclass
+class ReportConfig:
+    enabled: bool = True
+    top_errors: int = 25  # most confident misclassified examples in the table
+    calibration_bins: int = 15
+
+
+@dataclass
+class AttentionConfig:
+    enabled: bool = True
+    texts: list[str] | None = None  # None: the most confident test errors and correct predictions
+    n_examples: int = 3
+    layers: list[int] | None = None  # None: every layer
+    heads: list[list[int]] | None = None  # [[layer, head], ...] single-head heat maps
+    top_k: int = 5
+    max_length: int = 64
+
+
+@dataclass
+class AttributionsConfig:
+    enabled: bool = True
+    texts: list[str] | None = None  # None: the attention texts
+    n_steps: int = 50
+    max_length: int = 128
+
+
+@dataclass
+class AnalysisConfig:
+    """What is analysed after test: report, attention maps, Integrated Gradients attributions."""
+
+    report: ReportConfig = field(default_factory=ReportConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    attributions: AttributionsConfig = field(default_factory=AttributionsConfig)
+
+
+@dataclass
+class ProbesConfig:
+    """Behavioural probe suites (conf/probes/); see encoderlab/evaluation/probes.py for the kinds."""
+
+    enabled: bool = True
+    suites: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TrainConfig:
     """The root of `encoderlab train`."""
 
@@ -197,7 +240,27 @@ class TrainConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
     experiment_name: str = "encoderlab"
+    run_name: str | None = None
+    seed: int = 42
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class EvaluateConfig:
+    """The root of `encoderlab evaluate`: a trained model's report on any dataset split."""
+
+    source: str = MISSING  # MLflow run id, run directory or exported model directory
+    split: str = "test"  # test | validation | train, as the dataset config builds them
+    max_length: int | None = None  # None: dataset.max_length, capped at the model's positions
+    device: str | None = None  # None: cuda if available, else cpu
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    probes: ProbesConfig = field(default_factory=ProbesConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment_name: str = "evaluate"
     run_name: str | None = None
     seed: int = 42
     output_dir: str = "${hydra:runtime.output_dir}"
@@ -215,9 +278,15 @@ SCHEMAS: dict[str, type] = {
     "callbacks": CallbacksConfig,
     "callbacks.checkpoint": CheckpointConfig,
     "callbacks.early_stopping": EarlyStoppingConfig,
+    "analysis": AnalysisConfig,
+    "analysis.report": ReportConfig,
+    "analysis.attention": AttentionConfig,
+    "analysis.attributions": AttributionsConfig,
+    "probes": ProbesConfig,
 }
 
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
+    "split": ("test", "validation", "train"),  # encoderlab evaluate
     "tokenizer.kind": ("auto", "pretrained", "wordpiece", "bpe"),
     "model.positions": ("sinusoidal", "learned"),  # scratch encoder
     "model.norm": ("pre", "post"),
@@ -235,5 +304,6 @@ def register_configs() -> None:
     """Register the schemas; YAML files name them in their defaults lists."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(group="model", name="hf_schema", node=HFModelConfig)
     cs.store(group="model", name="scratch_schema", node=ScratchModelConfig)

@@ -77,11 +77,19 @@ def default_run_name(cfg: DictConfig) -> str:
     return name
 
 
+def model_label(cfg: DictConfig) -> str:
+    """What a run's model is, in one string: a Hub id / directory, the scratch class, or an evaluated source."""
+    if "model" in cfg:
+        return str(cfg.model.get("name_or_path", cfg.model.get("_target_")))
+    return str(cfg.get("source"))
+
+
 class TrackedRun:
     """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+    def __init__(self, cfg: DictConfig, run_dir: Path, command: str = "train") -> None:
         self.cfg = cfg
+        self.command = command
         self.run_dir = run_dir
         self.enabled = cfg.logger.backend == "mlflow"
         self.client = None
@@ -110,13 +118,13 @@ class TrackedRun:
             self.experiment_id = exp.experiment_id
         git = git_state()
         tags = {
-            "mlflow.source.name": "encoderlab train",
+            "mlflow.source.name": f"encoderlab {self.command}",
             "mlflow.source.type": "LOCAL",
             "encoderlab.version": encoderlab.__version__,
-            "encoderlab.command": shlex.join(["encoderlab", "train", *sys.argv[1:]]),
+            "encoderlab.command": shlex.join(["encoderlab", self.command, *sys.argv[1:]]),
             "encoderlab.run_dir": str(self.run_dir),
             "encoderlab.dataset": self.cfg.dataset.name,
-            "encoderlab.model": str(self.cfg.model.get("name_or_path", self.cfg.model.get("_target_"))),
+            "encoderlab.model": model_label(self.cfg),
             **{str(k): str(v) for k, v in self.cfg.logger.tags.items()},
         }
         if git["commit"]:
@@ -181,6 +189,11 @@ class TrackedRun:
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.enabled:
             self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, frame, artifact_file: str) -> None:
+        """A DataFrame as an MLflow table artifact (shown as a table in the UI's artifact view)."""
+        if self.enabled:
+            self.client.log_table(self.run_id, data=frame, artifact_file=artifact_file)
 
     def lightning_logger(self):
         """A Lightning logger writing metrics into this run (it never ends the run itself)."""

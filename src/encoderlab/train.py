@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
@@ -21,8 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.errors import EncoderlabError
+from encoderlab.evaluation.analyze import analyze
+from encoderlab.evaluation.figures import plot_confusion_matrix
+from encoderlab.evaluation.report import predictions_frame
 from encoderlab.models.classifier import SequenceClassifier
-from encoderlab.plots import plot_confusion_matrix
+from encoderlab.models.loading import write_metadata
 from encoderlab.tokenization import build_tokenizer
 from encoderlab.tracking import TrackedRun, flatten, resolved_config
 
@@ -85,24 +89,11 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> tuple[L.Trainer, Mo
     return trainer, checkpoint
 
 
-def write_predictions(dm: TextClassificationDataModule, probs: torch.Tensor, path: Path) -> pd.DataFrame:
+def test_predictions(dm: TextClassificationDataModule, probs: torch.Tensor) -> pd.DataFrame:
     """One row per test example: text, true label, prediction, confidence and every class probability."""
     test = dm.prepared.splits["test"]
-    names = dm.label_names
-    pred = probs.argmax(dim=-1).numpy()
-    frame = pd.DataFrame({"text": test["text"]})
-    if "text_pair" in test.column_names:
-        frame["text_pair"] = test["text_pair"]
-    labels = test["labels"]
-    frame["label"] = [names[i] for i in labels]
-    frame["prediction"] = [names[i] for i in pred]
-    frame["correct"] = frame["label"] == frame["prediction"]
-    frame["confidence"] = probs.max(dim=-1).values.numpy()
-    for i, name in enumerate(names):
-        frame[f"prob_{name}"] = probs[:, i].numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    return frame
+    pairs = test["text_pair"] if "text_pair" in test.column_names else None
+    return predictions_frame(test["text"], np.asarray(test["labels"]), probs.numpy(), dm.label_names, pairs)
 
 
 def _route_lightning_logs_through_hydra() -> None:
@@ -209,7 +200,35 @@ def train(cfg: DictConfig) -> float | None:
             json.dumps({"test": test_metrics, "best": best_score}, indent=2)
         )
         run.log_artifact(run_dir / "metrics.json", "metrics")
-        if module.test_confusion is not None:
+        complete = module.test_probs is not None and len(module.test_probs) == summary["sizes"]["test"]
+        if complete:
+            preds = test_predictions(dm, module.test_probs)
+            if cfg.logger.log_predictions:
+                (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
+                preds.to_csv(run_dir / "predictions" / "test_predictions.csv", index=False)
+                run.log_artifact(run_dir / "predictions" / "test_predictions.csv", "predictions")
+            log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())
+            meta = {
+                "run": run.run_id or run_dir.name,
+                "experiment": cfg.experiment_name,
+                "model": str(cfg.model.get("name_or_path", cfg.model.get("_target_"))),
+                "dataset": cfg.dataset.name,
+                "test split": summary["test_source"],
+            }
+            analyze(
+                net,
+                tokenizer,
+                preds,
+                dm.label_names,
+                cfg.analysis,
+                cfg.probes,
+                run_dir / "report",
+                run,
+                max_length=cfg.dataset.max_length,
+                split_name=summary["test_source"],
+                meta=meta,
+            )
+        elif module.test_confusion is not None:  # limited test batches: the confusion matrix only
             png = plot_confusion_matrix(
                 module.test_confusion.numpy(),
                 dm.label_names,
@@ -217,19 +236,15 @@ def train(cfg: DictConfig) -> float | None:
                 f"Confusion matrix, {summary['test_source']} split",
             )
             run.log_artifact(png, "plots")
-        if (
-            cfg.logger.log_predictions
-            and module.test_probs is not None
-            and len(module.test_probs) == summary["sizes"]["test"]
-        ):
-            preds = write_predictions(dm, module.test_probs, run_dir / "predictions" / "test_predictions.csv")
-            run.log_artifact(run_dir / "predictions" / "test_predictions.csv", "predictions")
-            log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())
         if cfg.logger.log_model and hasattr(net, "save_pretrained") and not cfg.trainer.fast_dev_run:
             model_dir = run_dir / "model"
             if model_dir.exists():
                 shutil.rmtree(model_dir)
             net.save_pretrained(model_dir, tokenizer)
+            family = "scratch" if "n_heads" in cfg.model else "hf"
+            write_metadata(
+                model_dir, dm.label_names, cfg.dataset.max_length, family, dataset=cfg.dataset.name
+            )
             run.log_artifact(model_dir, "model")
         if cfg.logger.log_checkpoint and best:
             run.log_artifact(Path(best), "checkpoints")

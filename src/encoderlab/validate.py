@@ -14,9 +14,9 @@ def _fail(key: str, value: object, allowed: str) -> None:
     raise ConfigError(f"Config error: bad value for '{key}': {value!r}. Allowed: {allowed}.")
 
 
-def _check_known_keys(cfg: DictConfig) -> None:
+def _check_known_keys(cfg: DictConfig, root: type | None = None) -> None:
     """Keys added with Hydra's `+key=value` bypass the schema; reject those the code would ignore."""
-    for section, schema in SCHEMAS.items():
+    for section, schema in {**SCHEMAS, "": root or SCHEMAS[""]}.items():
         node = OmegaConf.select(cfg, section) if section else cfg
         if not isinstance(node, DictConfig):
             continue
@@ -34,15 +34,47 @@ def _check_known_keys(cfg: DictConfig) -> None:
             )
 
 
-def validate_config(cfg: DictConfig) -> None:
-    """Raise EncoderlabError naming the key, the bad value and what is allowed."""
-    _check_known_keys(cfg)
+def _check_allowed_values(cfg: DictConfig) -> None:
     for key, allowed in ALLOWED_VALUES.items():
         value = OmegaConf.select(cfg, key)
         if value is not None and str(value) not in allowed:
             _fail(key, value, ", ".join(allowed))
 
-    ds = cfg.dataset
+
+def _check_probes(cfg: DictConfig) -> None:
+    if cfg.probes.enabled and cfg.probes.suites:
+        from encoderlab.evaluation.probes import check_suites
+
+        check_suites(OmegaConf.to_container(cfg.probes.suites, resolve=True))
+
+
+def validate_evaluate_config(cfg: DictConfig) -> None:
+    """The checks of `encoderlab evaluate`: keys, allowed values and the dataset."""
+    from encoderlab.config import EvaluateConfig
+
+    if OmegaConf.is_missing(cfg, "source"):
+        raise ConfigError(
+            "Config error: 'source' is required: the model to evaluate, as an MLflow run id, a run directory "
+            "(outputs/runs/...) or an exported model directory, e.g. source=outputs/runs/<date>/<time>-<name>."
+        )
+    _check_known_keys(cfg, EvaluateConfig)
+    _check_allowed_values(cfg)
+    _check_dataset(cfg.dataset)
+    _check_probes(cfg)
+    if cfg.max_length is not None and cfg.max_length < 2:
+        _fail("max_length", cfg.max_length, "null or an integer >= 2")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise EncoderlabError naming the key, the bad value and what is allowed."""
+    _check_known_keys(cfg)
+    _check_allowed_values(cfg)
+    _check_dataset(cfg.dataset)
+    _check_probes(cfg)
+    _check_training(cfg)
+
+
+def _check_dataset(ds: DictConfig) -> None:
     fields = ds.text_field
     if isinstance(fields, ListConfig):
         if not fields or not all(isinstance(f, str) for f in fields):
@@ -82,6 +114,8 @@ def validate_config(cfg: DictConfig) -> None:
             f"it has: {', '.join(ds.data_files.keys())}."
         )
 
+
+def _check_training(cfg: DictConfig) -> None:
     tr = cfg.trainer
     if tr.accumulate_grad_batches < 1:
         _fail("trainer.accumulate_grad_batches", tr.accumulate_grad_batches, "an integer >= 1")

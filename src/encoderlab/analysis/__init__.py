@@ -1,0 +1,1 @@
+"""Model analysis: attention maps, attention rollout and Integrated-Gradients token attributions."""

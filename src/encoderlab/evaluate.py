@@ -1,0 +1,123 @@
+"""`encoderlab evaluate`: model -> dataset split -> predictions -> report -> MLflow, top to bottom.
+
+    encoderlab evaluate source=<run id | run dir | model dir> dataset=imdb split=test
+
+The model is loaded the way `encoderlab predict` loads it; the dataset split is built by the same dataset
+config as in training (carving, caps); labels are matched by name, so a model trained on SST-2
+(negative/positive) evaluates on IMDb (negative/positive): cross-domain in one command.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from encoderlab.data.datamodule import TextClassificationDataModule
+from encoderlab.errors import EncoderlabError
+from encoderlab.evaluation.analyze import analyze
+from encoderlab.evaluation.report import predictions_frame
+from encoderlab.inference import predict_proba
+from encoderlab.models.loading import load_model
+from encoderlab.tracking import TrackedRun
+
+log = logging.getLogger(__name__)
+
+
+def label_mapping(data_labels: list[str], model_labels: list[str]) -> np.ndarray:
+    """Index of each dataset label in the model's labels (matched by name, case-insensitive)."""
+    model_index = {name.lower(): i for i, name in enumerate(model_labels)}
+    missing = [name for name in data_labels if name.lower() not in model_index]
+    if missing:
+        raise EncoderlabError(
+            f"The dataset's labels ({', '.join(data_labels)}) do not match the model's ({', '.join(model_labels)}): "
+            f"the model has no {', '.join(missing)}. Set dataset.label_names to the model's names in the "
+            "dataset's label order, or evaluate on a dataset with the same classes."
+        )
+    return np.array([model_index[name.lower()] for name in data_labels])
+
+
+def evaluate(cfg: DictConfig) -> float:
+    """Report a trained model on cfg.split of cfg.dataset; returns its accuracy."""
+    run_dir = Path(cfg.output_dir).resolve()
+    with TrackedRun(cfg, run_dir, command="evaluate") as run:
+        # ---- model -----------------------------------------------------------------------------------
+        loaded = load_model(cfg.source, cfg.logger.tracking_uri)
+        run.set_tags(
+            {
+                "encoderlab.source": cfg.source,
+                "encoderlab.source_run": loaded.run_id or "",
+                "encoderlab.model_dir": str(loaded.directory),
+                "encoderlab.split": cfg.split,
+            }
+        )
+        # ---- data ------------------------------------------------------------------------------------
+        prepared = TextClassificationDataModule(cfg.dataset, seed=cfg.seed).prepare()
+        split = prepared.splits[cfg.split]
+        if len(split) == 0:
+            raise EncoderlabError(f"The {cfg.split} split of dataset '{cfg.dataset.name}' is empty.")
+        to_model = label_mapping(prepared.label_names, loaded.label_names)
+        y_true = to_model[np.asarray(split["labels"])]
+        texts = list(split["text"])
+        pairs = list(split["text_pair"]) if "text_pair" in split.column_names else None
+        run.log_params({"source": cfg.source, "split": cfg.split, "dataset.name": cfg.dataset.name})
+        # ---- predict ---------------------------------------------------------------------------------
+        max_length = min(cfg.max_length or cfg.dataset.max_length, loaded.max_positions)
+        device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        out = predict_proba(
+            loaded.net,
+            loaded.tokenizer,
+            texts,
+            pairs,
+            batch_size=cfg.dataset.eval_batch_size,
+            max_length=max_length,
+            device=device,
+            progress=True,
+        )
+        frame = predictions_frame(texts, y_true, out.probs, loaded.label_names, pairs)
+        (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
+        frame.to_csv(run_dir / "predictions" / f"{cfg.split}_predictions.csv", index=False)
+        run.log_artifact(run_dir / "predictions" / f"{cfg.split}_predictions.csv", "predictions")
+        accuracy = float(frame["correct"].mean())
+        run.log_metrics(
+            {
+                "eval/accuracy": accuracy,
+                "eval/rows": len(frame),
+                "perf/predict_seconds": out.seconds,
+                "perf/predict_texts_per_second": len(frame) / max(out.seconds, 1e-9),
+            }
+        )
+        # ---- report ----------------------------------------------------------------------------------
+        loaded.net.to("cpu")
+        meta = {
+            "run": run.run_id or run_dir.name,
+            "model": str(loaded.run_id or loaded.directory),
+            "dataset": cfg.dataset.name,
+        }
+        metrics = analyze(
+            loaded.net,
+            loaded.tokenizer,
+            frame,
+            loaded.label_names,
+            cfg.analysis,
+            cfg.probes,
+            run_dir / "report",
+            run,
+            max_length=max_length,
+            split_name=cfg.split,
+            meta=meta,
+        )
+        log.info(
+            "%s on %s/%s (%d rows): accuracy %.4f%s",
+            cfg.source,
+            cfg.dataset.name,
+            cfg.split,
+            len(frame),
+            accuracy,
+            f", macro-F1 {metrics['report/f1_macro']:.4f}" if "report/f1_macro" in metrics else "",
+        )
+        log.info("Report: %s", run_dir / "report" / "report.html")
+    return accuracy

@@ -1,0 +1,1 @@
+"""Evaluation after test: report, figures, probes and the HTML page."""

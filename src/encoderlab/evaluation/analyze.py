@@ -1,0 +1,145 @@
+"""After test (or in `encoderlab evaluate`): the report, probes, attention maps and attributions of a
+model on a predictions frame, written under one directory, logged to MLflow and joined in report.html."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from encoderlab.evaluation.figures import plot_probe_suites
+from encoderlab.evaluation.html import render_report
+from encoderlab.evaluation.probes import run_probes
+from encoderlab.evaluation.report import summary_metrics, top_errors, write_report
+from encoderlab.inference import predict_proba
+
+log = logging.getLogger(__name__)
+
+
+def example_texts(frame: pd.DataFrame, n: int) -> list[str]:
+    """The most confident errors first (up to half), then the most confident correct predictions."""
+    by_conf = frame.sort_values("confidence", ascending=False)
+    wrong = by_conf[~by_conf["correct"]]["text"].tolist()[: max(1, n // 2)]
+    right = by_conf[by_conf["correct"]]["text"].tolist()
+    return (wrong + right)[:n]
+
+
+def analyze(
+    net: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    frame: pd.DataFrame,
+    label_names: list[str],
+    analysis: DictConfig,
+    probes: DictConfig,
+    out_dir: Path,
+    run=None,
+    max_length: int = 128,
+    split_name: str = "test",
+    meta: dict[str, str] | None = None,
+) -> dict[str, float]:
+    """Write and log everything `analysis` and `probes` ask for; returns the metrics logged to MLflow."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    logged: dict[str, float] = {}
+    figures, tables, per_class, errors = {}, {}, pd.DataFrame(), pd.DataFrame()
+    headline: dict[str, float] = {}
+    if analysis.report.enabled:
+        files = write_report(
+            frame,
+            label_names,
+            out_dir,
+            split_name,
+            analysis.report.top_errors,
+            analysis.report.calibration_bins,
+        )
+        headline = summary_metrics(files.metrics)
+        logged.update({f"report/{k}": v for k, v in headline.items()})
+        figures, tables = files.figures, files.tables
+        per_class = pd.read_csv(tables["classification_report"])
+        errors = top_errors(frame, analysis.report.top_errors)
+        if run is not None:
+            run.log_table(errors, "report/top_errors.json")
+
+    # ---- behavioural probes ----------------------------------------------------------------------
+    probe_frame, rates, skipped = None, None, None
+    if probes.enabled and probes.suites:
+        suites = OmegaConf.to_container(probes.suites, resolve=True)
+
+        def predict(texts: list[str]):
+            return predict_proba(net, tokenizer, texts, max_length=max_length).probs
+
+        results = run_probes(suites, label_names, predict)
+        rates, skipped = results.pass_rates(), results.skipped
+        probe_dir = out_dir / "probes"
+        probe_dir.mkdir(exist_ok=True)
+        probe_frame = pd.DataFrame(results.records())
+        probe_frame.to_csv(probe_dir / "results.csv", index=False)
+        (probe_dir / "results.json").write_text(
+            json.dumps({"pass_rates": rates, "skipped": skipped, "probes": results.records()}, indent=2)
+        )
+        if rates:
+            figures["probes"] = plot_probe_suites(rates, probe_dir / "pass_rates.png")
+        logged.update({f"probes/{s}/pass_rate": r for s, r in rates.items()})
+        for suite, why in skipped.items():
+            log.info("Probe suite '%s' skipped: %s", suite, why)
+
+    # ---- attention and attributions -------------------------------------------------------------
+    att_cfg, ig_cfg = analysis.attention, analysis.attributions
+    attention_pngs: list[Path] = []
+    ig_html = None
+    if att_cfg.enabled or ig_cfg.enabled:
+        default_texts = example_texts(frame, att_cfg.n_examples) if len(frame) else []
+        if att_cfg.enabled:
+            from encoderlab.analysis.attention import attention_report
+
+            texts = list(att_cfg.texts or default_texts)
+            heads = [tuple(h) for h in att_cfg.heads] if att_cfg.heads else None
+            paths = attention_report(
+                net,
+                tokenizer,
+                texts,
+                out_dir / "attention",
+                layers=att_cfg.layers,
+                heads=heads,
+                top_k=att_cfg.top_k,
+                max_length=min(att_cfg.max_length, max_length),
+            )
+            attention_pngs = [p for p in paths if p.suffix == ".png"]
+        if ig_cfg.enabled:
+            from encoderlab.analysis.attributions import attribution_report
+
+            texts = list(ig_cfg.texts or att_cfg.texts or default_texts)
+            paths = attribution_report(
+                net,
+                tokenizer,
+                texts,
+                out_dir / "attributions",
+                label_names,
+                n_steps=ig_cfg.n_steps,
+                max_length=min(ig_cfg.max_length, max_length),
+            )
+            ig_html = next((p for p in paths if p.suffix == ".html"), None)
+
+    if analysis.report.enabled:
+        render_report(
+            out_dir / "report.html",
+            f"encoderlab evaluation report: {(meta or {}).get('run', '')}".rstrip(": "),
+            {**(meta or {}), "split": split_name, "examples": str(len(frame))},
+            headline,
+            per_class,
+            figures,
+            errors,
+            probe_frame,
+            rates,
+            skipped,
+            attention_pngs,
+            ig_html,
+        )
+    if run is not None:
+        run.log_artifact(out_dir, "report")
+        run.log_metrics(logged)
+    return logged

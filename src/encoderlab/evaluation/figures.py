@@ -1,0 +1,145 @@
+"""Figures of the evaluation report: confusion matrices, ROC and precision-recall curves, reliability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
+
+
+def plot_confusion_matrix(
+    cm: np.ndarray,
+    label_names: list[str],
+    path: Path,
+    title: str = "Confusion matrix",
+    normalized: bool = False,
+) -> Path:
+    """Row-normalised shading (true label per row), annotated with counts or with row shares."""
+    plt = _pyplot()
+    cm = np.asarray(cm, dtype=np.int64)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+    n = len(label_names)
+    size = max(4.0, 0.55 * n + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true label")
+    ax.set_xticks(
+        range(n), labels=label_names, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center"
+    )
+    ax.set_yticks(range(n), labels=label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    kind = "normalised by true label" if normalized else "counts"
+    ax.set_title(f"{title}, {kind}\n(n={int(cm.sum())}, accuracy={np.trace(cm) / max(1, cm.sum()):.3f})")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}" if normalized else f"{cm[i, j]}",
+                    ha="center",
+                    va="center",
+                    color="white" if norm[i, j] > 0.5 else "black",
+                    fontsize=9,
+                )
+    return _save(fig, path)
+
+
+def plot_roc(curves: dict[str, dict], path: Path, title: str = "ROC curve") -> Path:
+    """curves: {name: {"fpr": [...], "tpr": [...], "auc": float}}; binary has one, multiclass one per class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, c in curves.items():
+        ax.plot(c["fpr"], c["tpr"], lw=1.8, label=f"{name} (AUC {c['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(
+        xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate", title=title
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_pr(curves: dict[str, dict], path: Path, title: str = "Precision-recall curve") -> Path:
+    """curves: {name: {"precision": [...], "recall": [...], "ap": float, "prevalence": float}}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, c in curves.items():
+        line = ax.plot(c["recall"], c["precision"], lw=1.8, label=f"{name} (AP {c['ap']:.3f})")[0]
+        ax.axhline(c["prevalence"], ls=":", lw=1, color=line.get_color())
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title=title)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_reliability(bins: list[dict], ece: float, path: Path, title: str = "Reliability diagram") -> Path:
+    """Accuracy vs confidence per confidence bin (bar width = bin), with the share of examples below."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(5.5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    lo = np.array([b["lower"] for b in bins])
+    hi = np.array([b["upper"] for b in bins])
+    count = np.array([b["count"] for b in bins])
+    acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
+    conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
+    filled = count > 0
+    ax.bar(
+        lo[filled],
+        acc[filled],
+        width=(hi - lo)[filled],
+        align="edge",
+        edgecolor="black",
+        color="#4c72b0",
+        label="accuracy",
+    )
+    ax.bar(
+        lo[filled],
+        (conf - acc)[filled],
+        bottom=acc[filled],
+        width=(hi - lo)[filled],
+        align="edge",
+        color="#dd8452",
+        alpha=0.45,
+        hatch="//",
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(lo, count / max(1, count.sum()), width=hi - lo, align="edge", color="grey", edgecolor="black")
+    hist.set(xlim=(min(lo.min(), 0.0), 1), xlabel="confidence (max class probability)", ylabel="share")
+    return _save(fig, path)
+
+
+def plot_probe_suites(pass_rates: dict[str, float], path: Path, title: str = "Behavioural probes") -> Path:
+    """Horizontal bars: pass rate per probe suite."""
+    plt = _pyplot()
+    names = list(pass_rates)
+    fig, ax = plt.subplots(figsize=(6, 0.5 * len(names) + 1.2))
+    ax.barh(names, [pass_rates[n] for n in names], color="#55a868")
+    for i, n in enumerate(names):
+        ax.text(min(pass_rates[n] + 0.01, 0.9), i, f"{pass_rates[n]:.0%}", va="center")
+    ax.set(xlim=(0, 1), xlabel="pass rate", title=title)
+    ax.invert_yaxis()
+    return _save(fig, path)

@@ -1,0 +1,91 @@
+"""Batched inference for any batch -> logits model: length-sorted, dynamically padded, inference mode.
+
+Used by `encoderlab predict`, `encoderlab evaluate` and the behavioural probes. Sorting by length puts
+texts of similar length in one batch, so little compute goes to padding; results come back in input order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class Predictions:
+    probs: np.ndarray  # (N, C) mean class probabilities
+    std: np.ndarray | None  # (N, C) spread over Monte-Carlo-dropout passes, None for a single pass
+    seconds: float  # wall time of tokenization + forward passes
+
+
+def _enable_dropout(net: nn.Module) -> None:
+    """Eval mode everywhere except dropout layers: Monte-Carlo dropout (Gal & Ghahramani, 2016)."""
+    net.eval()
+    for module in net.modules():
+        if isinstance(module, nn.Dropout) or module.__class__.__name__.endswith("Dropout"):
+            module.train()
+
+
+def _set_mc_dropout(net: nn.Module, on: bool) -> None:
+    """The scratch encoder's attention dropout is a float applied when `training` is set on the module."""
+    _enable_dropout(net) if on else net.eval()
+    if on:
+        for module in net.modules():
+            if module.__class__.__name__ == "SelfAttention":
+                module.train()
+
+
+def predict_proba(
+    net: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    text_pairs: list[str] | None = None,
+    batch_size: int = 64,
+    max_length: int = 512,
+    mc_dropout: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    seed: int = 0,
+) -> Predictions:
+    """Class probabilities for `texts` (in input order). mc_dropout=N>0 averages N stochastic passes."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    was_training = net.training
+    net.to(device)
+    n = len(texts)
+    passes = max(1, mc_dropout)
+    enc = tokenizer(
+        texts, text_pairs, truncation=True, max_length=max_length, padding=False, return_attention_mask=False
+    )
+    lengths = np.array([len(ids) for ids in enc["input_ids"]])
+    order = np.argsort(-lengths, kind="stable")  # longest first: memory peaks early, not at the end
+    out = np.zeros((passes, n, 0), dtype=np.float32)
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        _set_mc_dropout(net, mc_dropout > 0)
+        batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+        results: list[np.ndarray] = []
+        with torch.inference_mode():
+            for idx in tqdm(batches, desc="Predicting", unit="batch", disable=not progress):
+                features = [{k: enc[k][i] for k in enc} for i in idx]
+                batch = tokenizer.pad(features, return_tensors="pt")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                probs = []
+                for _ in range(passes):
+                    if mc_dropout > 0:  # reproducible stochastic passes
+                        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
+                    probs.append(net(batch).float().softmax(dim=-1).cpu().numpy())
+                results.append(np.stack(probs))  # (passes, b, C)
+        if results:
+            out = np.concatenate(results, axis=1)[:, np.argsort(order, kind="stable")]  # back to input order
+    finally:
+        net.train(was_training)
+    probs = out.mean(axis=0)
+    std = out.std(axis=0) if mc_dropout > 0 else None
+    return Predictions(probs=probs, std=std, seconds=time.perf_counter() - start)

@@ -1,0 +1,134 @@
+"""Load a trained model back for inference: by MLflow run id, by run directory, or by exported directory.
+
+Every run saves its best model as a directory (config.json + safetensors weights + tokenizer files +
+encoderlab.json with the label names and the max length it was trained with). HF encoders reload with
+`from_pretrained` (and `transformers.pipeline`), the scratch encoder with `ScratchEncoder.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from encoderlab.errors import EncoderlabError
+
+METADATA_FILE = "encoderlab.json"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass
+class LoadedModel:
+    net: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    label_names: list[str]
+    directory: Path
+    family: str  # hf | scratch
+    max_length: int = 512  # what it was trained with
+    max_positions: int = 512  # the longest input the model takes
+    run_id: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+
+def write_metadata(directory: Path, label_names: list[str], max_length: int, family: str, **extra) -> None:
+    """encoderlab.json beside the weights: what inference needs that config.json does not say."""
+    meta = {"label_names": list(label_names), "max_length": int(max_length), "family": family, **extra}
+    (Path(directory) / METADATA_FILE).write_text(json.dumps(meta, indent=2))
+
+
+def resolve_model_dir(source: str, tracking_uri: str | None = None) -> tuple[Path, str | None]:
+    """A model directory and the MLflow run id it came from (None when given a directory)."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EncoderlabError(
+                f"{path} is a file; pass a model directory, a run directory or an MLflow run id."
+            )
+        if (path / "config.json").is_file():
+            return path, None
+        if (path / "model" / "config.json").is_file():  # a run directory (outputs/runs/...)
+            return path / "model", None
+        raise EncoderlabError(
+            f"{path} holds no model: expected config.json + model.safetensors (an exported model, e.g. "
+            f"outputs/runs/<date>/<time>-<name>/model) or a run directory with a model/ folder inside."
+        )
+    if _RUN_ID.match(source):
+        return _download_run_model(source, tracking_uri), source
+    raise EncoderlabError(
+        f"Model source {source!r} is neither an existing directory nor an MLflow run id (32 hex characters). "
+        "Pass a run id, a run directory (outputs/runs/...) or an exported model directory."
+    )
+
+
+def _download_run_model(run_id: str, tracking_uri: str | None) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from encoderlab.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as ex:
+        raise EncoderlabError(
+            f"No MLflow run with id {run_id} in the tracking store {uri} (set MLFLOW_TRACKING_URI or "
+            f"--tracking-uri to the store the run was logged to)."
+        ) from ex
+    local = Path(run.data.tags.get("encoderlab.run_dir", "")) / "model"
+    if (local / "config.json").is_file():  # same machine: no copy needed
+        return local
+    names = [a.path for a in client.list_artifacts(run_id)]
+    if "model" not in names:
+        raise EncoderlabError(
+            f"MLflow run {run_id} has no 'model' artifact (it was {run.info.status}; artifacts: "
+            f"{', '.join(names) or 'none'}). Runs log one unless logger.log_model=false or trainer.fast_dev_run."
+        )
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri))
+
+
+def load_model(source: str, tracking_uri: str | None = None) -> LoadedModel:
+    """The model, tokenizer and label names of a run id, run directory or exported model directory."""
+    from transformers import AutoTokenizer
+
+    directory, run_id = resolve_model_dir(source, tracking_uri)
+    if not any((directory / w).is_file() for w in _WEIGHTS):
+        raise EncoderlabError(
+            f"Model directory {directory} has a config.json but no weights ({' or '.join(_WEIGHTS)}): "
+            "was the save interrupted, or were the weights left out of the copy?"
+        )
+    config = json.loads((directory / "config.json").read_text())
+    meta = (
+        json.loads((directory / METADATA_FILE).read_text()) if (directory / METADATA_FILE).is_file() else {}
+    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as ex:
+        raise EncoderlabError(
+            f"Model directory {directory} has no usable tokenizer files (tokenizer.json / vocab): {ex}"
+        ) from ex
+    if config.get("model_type") == "encoderlab_scratch":
+        from encoderlab.models.scratch import ScratchEncoder
+
+        net = ScratchEncoder.from_pretrained(directory)
+        family, model_max = "scratch", net.cfg.max_len
+    else:
+        from encoderlab.models.hf_encoder import HFEncoderClassifier
+
+        id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
+        net = HFEncoderClassifier(str(directory), num_labels=len(id2label) or 2, id2label=id2label or None)
+        family = "hf"
+        model_max = config.get("max_position_embeddings", 512)
+        if config.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+            model_max -= 2  # positions are offset by the padding index
+    id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
+    label_names = meta.get("label_names") or [id2label[i] for i in sorted(id2label)]
+    max_length = min(int(meta.get("max_length", model_max)), model_max)
+    net.eval()
+    return LoadedModel(net, tokenizer, label_names, directory, family, max_length, model_max, run_id, meta)
