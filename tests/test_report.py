@@ -22,6 +22,10 @@ REPORT_FILES = {
     "report/pr_curve.png",
     "report/reliability_diagram.png",
     "report/top_errors.csv",
+    "report/coverage.png",
+    "report/mc_dropout/coverage.png",
+    "report/mc_dropout/predictions.csv",
+    "report/mc_dropout/metrics.json",
     "report/top_errors.json",
     "report/report.html",
     "report/probes/results.json",
@@ -104,6 +108,9 @@ def test_run_logs_every_report_artifact(trained):
         "probes/negation/pass_rate",
         "probes/typos/pass_rate",
         "probes/basic/pass_rate",
+        "report/coverage_at_threshold",
+        "mc_dropout/accuracy",
+        "mc_dropout/mean_std",
     ):
         assert name in metrics, name
     # the PNGs are real images
@@ -144,6 +151,11 @@ def test_report_numbers_match_sklearn_on_the_predictions_file(trained):
         if (bins == b).any()
     )
     assert report["ece"] == pytest.approx(ece, abs=1e-6)
+
+    # selective prediction at the 0.6 threshold
+    keep = conf >= 0.6
+    assert report["coverage_at_threshold"] == pytest.approx(keep.mean())
+    assert report["accuracy_at_threshold"] == pytest.approx(correct[keep].mean() if keep.any() else 0.0)
 
     # the error table: misclassified rows only, most confident first
     errors = pd.read_csv(trained.run_dir / "report" / "top_errors.csv")

@@ -190,6 +190,13 @@ class ReportConfig:
     enabled: bool = True
     top_errors: int = 25  # most confident misclassified examples in the table
     calibration_bins: int = 15
+    threshold: float | None = 0.6  # coverage / accuracy when abstaining below this confidence
+
+
+@dataclass
+class MCDropoutConfig:
+    passes: int = 10  # stochastic forward passes with dropout on; 0 turns it off
+    max_examples: int | None = 1000  # of the test split (a seeded sample), None for all
 
 
 @dataclass
@@ -218,6 +225,7 @@ class AnalysisConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     attributions: AttributionsConfig = field(default_factory=AttributionsConfig)
+    mc_dropout: MCDropoutConfig = field(default_factory=MCDropoutConfig)
 
 
 @dataclass
@@ -282,6 +290,7 @@ SCHEMAS: dict[str, type] = {
     "analysis.report": ReportConfig,
     "analysis.attention": AttentionConfig,
     "analysis.attributions": AttributionsConfig,
+    "analysis.mc_dropout": MCDropoutConfig,
     "probes": ProbesConfig,
 }
 

@@ -29,6 +29,64 @@ def example_texts(frame: pd.DataFrame, n: int) -> list[str]:
     return (wrong + right)[:n]
 
 
+def mc_dropout_report(
+    net: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    frame: pd.DataFrame,
+    label_names: list[str],
+    mc: DictConfig,
+    threshold: float | None,
+    out_dir: Path,
+    max_length: int,
+    split_name: str,
+) -> tuple[dict[str, float], Path]:
+    """N stochastic passes with dropout on over (a seeded sample of) the split: mean probabilities, their
+    spread, accuracy, and selective accuracy at the threshold beside the single deterministic pass."""
+    import numpy as np
+
+    from encoderlab.evaluation.figures import plot_coverage
+    from encoderlab.evaluation.report import selective
+
+    sample = frame
+    if mc.max_examples is not None and len(frame) > mc.max_examples:
+        sample = frame.sample(n=mc.max_examples, random_state=0).sort_index()
+    index = {name: i for i, name in enumerate(label_names)}
+    y = sample["label"].map(index).to_numpy()
+    pairs = sample["text_pair"].tolist() if "text_pair" in sample else None
+    out = predict_proba(
+        net, tokenizer, sample["text"].tolist(), pairs, max_length=max_length, mc_dropout=mc.passes
+    )
+    single = sample[[f"prob_{n}" for n in label_names]].to_numpy()
+    pred = out.probs.argmax(1)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = sample[["text", "label"]].copy()
+    table["prediction"] = [label_names[i] for i in pred]
+    table["mc_confidence"] = out.probs.max(1)
+    table["mc_std"] = out.std[np.arange(len(pred)), pred]  # spread of the predicted class's probability
+    table["single_pass_prediction"] = sample["prediction"].to_numpy()
+    table.to_csv(out_dir / "predictions.csv", index=False)
+    curves = {
+        "single pass": selective(y, single, threshold),
+        f"MC dropout ({mc.passes} passes)": selective(y, out.probs, threshold),
+    }
+    png = plot_coverage(
+        curves, threshold, out_dir / "coverage.png", f"Selective prediction, {split_name} (n={len(y)})"
+    )
+    metrics = {
+        "mc_dropout/accuracy": float((pred == y).mean()),
+        "mc_dropout/single_pass_accuracy": float((single.argmax(1) == y).mean()),
+        "mc_dropout/mean_std": float(table["mc_std"].mean()),
+        "mc_dropout/examples": float(len(y)),
+    }
+    if threshold is not None:
+        cov, acc = curves[f"MC dropout ({mc.passes} passes)"]["at_threshold"]
+        metrics.update({"mc_dropout/coverage_at_threshold": cov, "mc_dropout/accuracy_at_threshold": acc})
+    (out_dir / "metrics.json").write_text(
+        json.dumps({**metrics, "passes": mc.passes, "threshold": threshold}, indent=2)
+    )
+    return metrics, png
+
+
 def analyze(
     net: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -55,6 +113,7 @@ def analyze(
             split_name,
             analysis.report.top_errors,
             analysis.report.calibration_bins,
+            analysis.report.threshold,
         )
         headline = summary_metrics(files.metrics)
         logged.update({f"report/{k}": v for k, v in headline.items()})
@@ -63,6 +122,22 @@ def analyze(
         errors = top_errors(frame, analysis.report.top_errors)
         if run is not None:
             run.log_table(errors, "report/top_errors.json")
+
+    # ---- Monte-Carlo dropout -----------------------------------------------------------------------
+    if analysis.mc_dropout.passes > 0 and len(frame):
+        mc_metrics, mc_png = mc_dropout_report(
+            net,
+            tokenizer,
+            frame,
+            label_names,
+            analysis.mc_dropout,
+            analysis.report.threshold,
+            out_dir / "mc_dropout",
+            max_length,
+            split_name,
+        )
+        logged.update(mc_metrics)
+        figures["mc_dropout"] = mc_png
 
     # ---- behavioural probes ----------------------------------------------------------------------
     probe_frame, rates, skipped = None, None, None

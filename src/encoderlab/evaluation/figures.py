@@ -38,7 +38,7 @@ def plot_confusion_matrix(
     norm = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
     n = len(label_names)
     size = max(4.0, 0.55 * n + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig, ax = plt.subplots(figsize=(size + 1.2, size))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of true label")
     ax.set_xticks(
@@ -47,7 +47,7 @@ def plot_confusion_matrix(
     ax.set_yticks(range(n), labels=label_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    kind = "normalised by true label" if normalized else "counts"
+    kind = "row-normalised" if normalized else "counts"
     ax.set_title(f"{title}, {kind}\n(n={int(cm.sum())}, accuracy={np.trace(cm) / max(1, cm.sum()):.3f})")
     if n <= 20:
         for i in range(n):
@@ -142,4 +142,31 @@ def plot_probe_suites(pass_rates: dict[str, float], path: Path, title: str = "Be
         ax.text(min(pass_rates[n] + 0.01, 0.9), i, f"{pass_rates[n]:.0%}", va="center")
     ax.set(xlim=(0, 1), xlabel="pass rate", title=title)
     ax.invert_yaxis()
+    return _save(fig, path)
+
+
+def plot_coverage(curves: dict[str, dict], threshold: float | None, path: Path, title: str) -> Path:
+    """Selective prediction: accuracy on the examples kept vs the share kept, answering most confident first.
+    curves: {name: {"coverage": [...], "accuracy": [...], "at_threshold": (coverage, accuracy) | None}}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, c in curves.items():
+        line = ax.plot(c["coverage"], c["accuracy"], lw=1.8, label=name)[0]
+        if c.get("at_threshold"):
+            cov, acc = c["at_threshold"]
+            ax.plot(
+                [cov],
+                [acc],
+                "o",
+                color=line.get_color(),
+                label=f"{name}: p >= {threshold} keeps {cov:.0%}, acc {acc:.3f}",
+            )
+    ax.set(
+        xlim=(0, 1.01),
+        xlabel="coverage (share of examples answered)",
+        ylabel="accuracy on answered",
+        title=title,
+    )
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
     return _save(fig, path)

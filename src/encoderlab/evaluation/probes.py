@@ -82,7 +82,9 @@ def labels_needed(name: str, suite: Mapping) -> list[str]:
     for entry in entries:
         if not isinstance(entry, (list, tuple)) or (width and len(entry) != width) or len(entry) < 2:
             shape = {"items": "[text, label]", "pairs": "[text, other text]", "chains": "[text1, text2, ...]"}
-            raise _bad(name, f"each of '{key}' is {shape[key]}, got {entry!r} (quote texts that contain commas)")
+            raise _bad(
+                name, f"each of '{key}' is {shape[key]}, got {entry!r} (quote texts that contain commas)"
+            )
         if any(not str(t).strip() for t in entry):
             raise _bad(name, f"empty text in {entry!r}")
     for required in {"flip": ("label", "flipped_label"), "monotonic": ("label",)}.get(kind, ()):

@@ -37,7 +37,36 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(ece), bins
 
 
-def compute_report(y_true: np.ndarray, probs: np.ndarray, label_names: list[str], n_bins: int = 15) -> dict:
+def selective(
+    y_true: np.ndarray, probs: np.ndarray, threshold: float | None = None, points: int = 101
+) -> dict:
+    """Accuracy vs coverage when answering the most confident examples first, and at `threshold`."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true)[np.argsort(-conf, kind="stable")]
+    kept = np.arange(1, len(correct) + 1)
+    acc = np.cumsum(correct) / kept
+    idx = np.unique(np.linspace(0, len(correct) - 1, min(points, len(correct))).astype(int))
+    out = {
+        "coverage": (kept[idx] / len(correct)).tolist(),
+        "accuracy": acc[idx].tolist(),
+        "at_threshold": None,
+    }
+    if threshold is not None:
+        keep = conf >= threshold
+        out["at_threshold"] = (
+            float(keep.mean()),
+            float((probs.argmax(1) == y_true)[keep].mean()) if keep.any() else 0.0,
+        )
+    return out
+
+
+def compute_report(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    label_names: list[str],
+    n_bins: int = 15,
+    threshold: float | None = None,
+) -> dict:
     """All report numbers; ROC/PR are binary (positive = class 1) or one-vs-rest per class."""
     from sklearn import metrics as skm
 
@@ -75,7 +104,11 @@ def compute_report(y_true: np.ndarray, probs: np.ndarray, label_names: list[str]
         "per_class": {name: report[name] for name in label_names},
         "roc": {},
         "pr": {},
+        "selective": selective(y_true, probs, threshold),
+        "threshold": threshold,
     }
+    if threshold is not None:
+        out["coverage_at_threshold"], out["accuracy_at_threshold"] = out["selective"]["at_threshold"]
     targets = {label_names[1]: 1} if n_classes == 2 else {name: i for i, name in enumerate(label_names)}
     for name, i in targets.items():
         positive = (y_true == i).astype(int)
@@ -109,6 +142,8 @@ def summary_metrics(report: dict) -> dict[str, float]:
         "ece",
         "roc_auc",
         "average_precision",
+        "coverage_at_threshold",
+        "accuracy_at_threshold",
     )
     return {k: report[k] for k in keys if k in report}
 
@@ -155,13 +190,14 @@ def write_report(
     split_name: str = "test",
     n_errors: int = 25,
     n_bins: int = 15,
+    threshold: float | None = None,
 ) -> ReportFiles:
     """metrics.json, classification_report.csv, figures and top_errors.csv for a predictions frame."""
     out_dir.mkdir(parents=True, exist_ok=True)
     index = {name: i for i, name in enumerate(label_names)}
     y_true = frame["label"].map(index).to_numpy()
     probs = frame[[f"prob_{n}" for n in label_names]].to_numpy()
-    report = compute_report(y_true, probs, label_names, n_bins)
+    report = compute_report(y_true, probs, label_names, n_bins, threshold)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     files = ReportFiles(out_dir, report)
 
@@ -193,5 +229,11 @@ def write_report(
         report["ece"],
         out_dir / "reliability_diagram.png",
         f"Reliability, {title}",
+    )
+    files.figures["coverage"] = figures.plot_coverage(
+        {"confidence": report["selective"]},
+        threshold,
+        out_dir / "coverage.png",
+        f"Selective prediction, {title}",
     )
     return files

@@ -1,0 +1,129 @@
+"""Benchmark: `encoderlab predict` vs a plain `transformers.pipeline("text-classification")`, same texts,
+same model, same machine, one invocation.
+
+    ENCODERLAB_DATA_DIR=../shared/data python bench/predict_throughput.py --model outputs/runs/.../model \
+        --n 25000 --max-length 256
+
+The texts are the IMDb test split read through encoderlab's own dataset path (conf/dataset/imdb.yaml).
+encoderlab predict runs as a user runs it (a subprocess reading a parquet file), so its time includes
+start-up and model loading; the pipeline is timed on the call alone. Writes
+bench/results/predict_<dataset>_<n>.json with texts/s, accuracy and `speedup_vs_pipeline`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load_texts(dataset: str, split: str, n: int) -> tuple[list[str], list[str]]:
+    """Texts and label names of a split, through encoderlab's dataset config and loading code."""
+    from hydra import compose, initialize_config_dir
+
+    from encoderlab.config import conf_dir, register_configs
+    from encoderlab.data.datamodule import TextClassificationDataModule
+
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"dataset={dataset}", "model=minilm", "model.name_or_path=unused"])
+    prepared = TextClassificationDataModule(cfg.dataset).prepare()
+    data = prepared.splits[split]
+    data = data.select(range(min(n, len(data))))
+    return list(data["text"]), [prepared.label_names[i] for i in data["labels"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="an exported model directory (HF family)")
+    parser.add_argument("--dataset", default="imdb")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--n", type=int, default=25000)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64, help="encoderlab predict --batch-size")
+    parser.add_argument("--pipeline-batch-size", type=int, default=1, help="1 is the pipeline's default")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import pipeline
+
+    texts, labels = load_texts(args.dataset, args.split, args.n)
+    model = str(Path(args.model).resolve())
+    result: dict = {
+        "benchmark": f"predict_{args.dataset}_{len(texts)}",
+        "texts": len(texts),
+        "model": model,
+        "max_length": args.max_length,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+    }
+
+    with tempfile.TemporaryDirectory() as work:
+        src, out = Path(work) / "texts.parquet", Path(work) / "predictions.csv"
+        pd.DataFrame({"text": texts}).to_parquet(src)
+        cmd = [
+            "encoderlab",
+            "predict",
+            model,
+            "--file",
+            str(src),
+            "--output",
+            str(out),
+            "--no-progress",
+            "--batch-size",
+            str(args.batch_size),
+            "--max-length",
+            str(args.max_length),
+        ]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        ours = pd.read_csv(out)
+    inner = float(re.search(r"\(([\d.]+) texts/s\)", proc.stderr).group(1))
+    result["encoderlab_predict"] = {
+        "command": " ".join(cmd[:2] + ["<model>"] + cmd[3:]),
+        "wall_seconds": round(wall, 1),
+        "texts_per_second": round(len(texts) / wall, 2),  # including start-up and model loading
+        "texts_per_second_inference": inner,
+        "accuracy": round(float(np.mean(ours["label"].to_numpy() == np.array(labels))), 4),
+    }
+    print(json.dumps(result["encoderlab_predict"], indent=2), flush=True)
+
+    clf = pipeline("text-classification", model=model, device="cpu")
+    start = time.perf_counter()
+    outs = clf(texts, truncation=True, max_length=args.max_length, batch_size=args.pipeline_batch_size)
+    seconds = time.perf_counter() - start
+    theirs = [o["label"] for o in outs]
+    result["transformers_pipeline"] = {
+        "call": f'pipeline("text-classification", model, device="cpu")(texts, truncation=True, '
+        f"max_length={args.max_length}, batch_size={args.pipeline_batch_size})",
+        "seconds": round(seconds, 1),
+        "texts_per_second": round(len(texts) / seconds, 2),
+        "accuracy": round(float(np.mean(np.array(theirs) == np.array(labels))), 4),
+    }
+    result["prediction_agreement"] = round(float(np.mean(ours["label"].to_numpy() == np.array(theirs))), 4)
+    result["speedup_vs_pipeline"] = round(
+        result["encoderlab_predict"]["texts_per_second"]
+        / result["transformers_pipeline"]["texts_per_second"],
+        2,
+    )
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{result['benchmark']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
