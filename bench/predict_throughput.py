@@ -53,6 +53,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=25000)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=64, help="encoderlab predict --batch-size")
+    parser.add_argument(
+        "--precision", default="32", choices=("32", "bf16"), help="encoderlab predict --precision"
+    )
     parser.add_argument("--pipeline-batch-size", type=int, default=1, help="1 is the pipeline's default")
     args = parser.parse_args()
 
@@ -66,6 +69,7 @@ def main() -> None:
         "texts": len(texts),
         "model": model,
         "max_length": args.max_length,
+        "precision": args.precision,
         "torch_threads": torch.get_num_threads(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
@@ -86,6 +90,8 @@ def main() -> None:
             str(args.batch_size),
             "--max-length",
             str(args.max_length),
+            "--precision",
+            args.precision,
         ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -120,7 +126,8 @@ def main() -> None:
         2,
     )
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{result['benchmark']}.json"
+    suffix = "" if args.precision == "32" else f"_{args.precision}"
+    path = RESULTS / f"{result['benchmark']}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

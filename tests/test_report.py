@@ -367,3 +367,13 @@ def test_hf_export_loads_with_transformers_pipeline_with_label_names(trained):
         and meta["family"] == "hf"
         and meta["max_length"] == 128
     )
+
+
+def test_predict_bf16_autocast_stays_close_to_fp32(trained, cli, isolated):
+    preds = pd.read_csv(trained.run_dir / "predictions" / "test_predictions.csv").head(20)
+    out = isolated / "bf16.csv"
+    res = cli(
+        "predict", str(trained.run_dir / "model"), *preds["text"], "--precision", "bf16", "--output", str(out)
+    )
+    assert res.code == 0, res.err
+    np.testing.assert_allclose(pd.read_csv(out)["prob_positive"], preds["prob_positive"], atol=0.03)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,6 +134,17 @@ def test_exported_model_reloads_to_identical_predictions(cli, isolated):
     names = [model.id2label[i] for i in range(probs.shape[1])]
     expected = torch.tensor(preds[[f"prob_{n}" for n in names]].to_numpy(), dtype=torch.float32)
     torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
+
+    # `encoderlab predict` on the same directory: same probabilities, labels by name, in input order
+    out = isolated / "predict.csv"
+    res = cli("predict", str(model_dir), *preds["text"], "--output", str(out), "--batch-size", "8")
+    assert res.code == 0, res.err
+    got = pd.read_csv(out)
+    assert (
+        got["text"].tolist() == preds["text"].tolist()
+        and got["label"].tolist() == preds["prediction"].tolist()
+    )
+    np.testing.assert_allclose(got[[f"prob_{n}" for n in names]].to_numpy(), expected.numpy(), atol=1e-5)
 
 
 def test_scratch_tokenizer_is_trained_once_per_data_and_settings(cli, mlflow_client, isolated):

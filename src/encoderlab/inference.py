@@ -49,8 +49,10 @@ def predict_proba(
     device: str | torch.device = "cpu",
     progress: bool = False,
     seed: int = 0,
+    precision: str = "32",
 ) -> Predictions:
-    """Class probabilities for `texts` (in input order). mc_dropout=N>0 averages N stochastic passes."""
+    """Class probabilities for `texts` (in input order). mc_dropout=N>0 averages N stochastic passes;
+    precision "bf16" runs the forward pass under bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs)."""
     import time
 
     from tqdm.auto import tqdm
@@ -71,7 +73,9 @@ def predict_proba(
         _set_mc_dropout(net, mc_dropout > 0)
         batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
         results: list[np.ndarray] = []
-        with torch.inference_mode():
+        device_type = torch.device(device).type
+        autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        with torch.inference_mode(), autocast:
             for idx in tqdm(batches, desc="Predicting", unit="batch", disable=not progress):
                 features = [{k: enc[k][i] for k in enc} for i in idx]
                 batch = tokenizer.pad(features, return_tensors="pt")

@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"abstain (label '{ABSTAIN}') when the top probability is below this",
     )
+    p.add_argument(
+        "--precision",
+        choices=("32", "bf16"),
+        default="32",
+        help="bf16: bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX and on GPUs)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--tracking-uri",
@@ -153,6 +159,7 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         max_length=max_length,
         mc_dropout=args.mc_dropout,
+        precision=args.precision,
         device=device,
         progress=not args.no_progress and len(texts) > args.batch_size,
     )
