@@ -145,7 +145,7 @@ def test_multirun_makes_one_mlflow_run_per_job(cli, tiny_bert, mlflow_client):
         *FAST,
     )
     assert res.code == 0, res.err
-    runs = all_runs(mlflow_client)
+    runs = [r for r in all_runs(mlflow_client) if "mlflow.parentRunId" in r.data.tags]  # the jobs
     assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["1e-05", "3e-05"]
     assert all(r.info.status == "FINISHED" for r in runs)
     names = [r.info.run_name for r in runs]
@@ -166,3 +166,81 @@ def test_crash_marks_run_failed(cli, tiny_bert, mlflow_client):
     (run,) = all_runs(mlflow_client)
     assert run.info.status == "FAILED"
     assert "16-mixed" in run.data.tags["encoderlab.error"]
+
+
+def test_multirun_grid_is_one_parent_run_with_a_child_per_job(cli, tiny_bert, mlflow_client):
+    res = cli(
+        "train",
+        "-m",
+        "model=hf",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=64",
+        "trainer.max_steps=2",
+        "analysis=none",
+        "probes=none",
+        "seed=1,2",
+        "optimizer.lr=1e-4,1e-3",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    runs = all_runs(mlflow_client)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    (parent,) = parents
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert "seed=1,2" in parent.data.tags["encoderlab.sweep_overrides"]
+    assert parent.data.metrics["sweep/children"] == 4 and parent.data.metrics["sweep/children_finished"] == 4
+    combos = {(c.data.params["seed"], c.data.params["optimizer.lr"]) for c in children}
+    assert combos == {("1", "0.0001"), ("1", "0.001"), ("2", "0.0001"), ("2", "0.001")}
+    assert {c.data.tags["encoderlab.sweep_job"] for c in children} == {"0", "1", "2", "3"}
+    # the results table: one row per learning rate, mean ± std over the two seeds
+    res = cli(
+        "table",
+        "--experiment",
+        "encoderlab",
+        "--metrics",
+        "test/accuracy",
+        "--format",
+        "csv",
+        "--baseline",
+        "optimizer.lr=0.0001",
+        "--plot",
+        "table.png",
+    )
+    assert res.code == 0, res.err
+    import io
+
+    table = pd.read_csv(io.StringIO(res.out))
+    assert sorted(table["group"]) == ["optimizer.lr=0.0001", "optimizer.lr=0.001"]
+    assert table["n"].tolist() == [2, 2]
+    for _, row in table.iterrows():
+        lr = row["group"].split("=")[1]
+        accs = [c.data.metrics["test/accuracy"] for c in children if c.data.params["optimizer.lr"] == lr]
+        mean, std = (float(x) for x in row["test/accuracy (mean ± std)"].split(" ± "))
+        assert mean == pytest.approx(sum(accs) / 2, abs=1e-4)
+        assert std == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5, abs=1e-4)
+    assert "grouped by: optimizer.lr" in res.err
+    res = cli("table", "--experiment", "nope")
+    assert res.code == 1 and "No MLflow experiment named 'nope'" in res.err
+
+
+def test_multirun_with_a_failing_job_marks_the_parent_failed(cli, tiny_bert, mlflow_client):
+    res = cli(
+        "train",
+        "-m",
+        "model=hf",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=32",
+        "trainer.max_steps=1",
+        "analysis=none",
+        "probes=none",
+        "optimizer.lr=1e-4,-1",
+        *FAST,
+    )
+    assert res.code == 2 and "optimizer.lr" in res.err
+    runs = all_runs(mlflow_client)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED"
+    assert [r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags] == ["FINISHED"]

@@ -24,6 +24,9 @@ commands:
             encoderlab predict <model-dir> --mc-dropout 20 --threshold 0.6 < texts.txt
   evaluate  the evaluation report of a trained model on any dataset split (logged to MLflow)
             encoderlab evaluate source=<run-id> dataset=imdb              (cross-domain: SST-2 -> IMDb)
+  table     mean ± std over seeds per configuration from MLflow runs (Markdown, LaTeX, CSV)
+            encoderlab table --experiment sst2_grid --metrics test/accuracy,test/f1_macro
+            encoderlab table --parent <sweep parent run id> --baseline model=minilm --plot results.png
 
 options:
   -h, --help     show this message
@@ -54,12 +57,14 @@ def _evaluate_task(cfg) -> float:
     return evaluate(cfg)
 
 
-def _predict(argv: list[str]) -> int:
+def _plain_command(module: str, argv: list[str]) -> int:
+    """An argparse command (predict, table): its EncoderlabErrors become one line and exit code 1."""
+    import importlib
+
     from encoderlab.errors import EncoderlabError
-    from encoderlab.predict import main as predict_main
 
     try:
-        return predict_main(argv)
+        return importlib.import_module(f"encoderlab.{module}").main(argv)
     except EncoderlabError as ex:
         print(f"error: {ex}", file=sys.stderr)
         return 1
@@ -92,6 +97,9 @@ def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
     finally:
+        from encoderlab.multirun import close_open_parent
+
+        close_open_parent()
         sys.argv = saved_argv
         if not user_full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
@@ -112,9 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "evaluate":
         return run_hydra(rest, "evaluate", _evaluate_task, "encoderlab evaluate")
     if command == "predict":
-        return _predict(rest)
+        return _plain_command("predict", rest)
+    if command == "table":
+        return _plain_command("results_table", rest)
     print(
-        f"error: unknown command '{command}'. Commands: train, evaluate, predict. See `encoderlab --help`.",
+        f"error: unknown command '{command}'. Commands: train, evaluate, predict, table. See `encoderlab --help`.",
         file=sys.stderr,
     )
     return 2

@@ -84,6 +84,35 @@ def model_label(cfg: DictConfig) -> str:
     return str(cfg.get("source"))
 
 
+PARENT_RUN_ENV = "ENCODERLAB_PARENT_RUN_ID"  # set by the multirun callback for the jobs of a sweep
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+
+
+def open_experiment(client, name: str, artifact_location: str | None, tracking_uri: str) -> str:
+    """The id of experiment `name`, created if missing (artifacts under ./outputs/mlartifacts for local
+    stores); safe when parallel jobs race to create it."""
+    from mlflow.exceptions import MlflowException
+
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = artifact_location
+    if location is None and not tracking_uri.startswith(("http://", "https://", "databricks")):
+        location = (Path.cwd() / "outputs" / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another job created it between our two calls
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
 class TrackedRun:
     """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
 
@@ -108,14 +137,9 @@ class TrackedRun:
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.client = MlflowClient(self.tracking_uri)
         name = self.cfg.experiment_name
-        exp = self.client.get_experiment_by_name(name)
-        if exp is None:
-            location = self.cfg.logger.artifact_location
-            if location is None and not self.tracking_uri.startswith(("http://", "https://", "databricks")):
-                location = (Path.cwd() / "outputs" / "mlartifacts").as_uri()
-            self.experiment_id = self.client.create_experiment(name, artifact_location=location)
-        else:
-            self.experiment_id = exp.experiment_id
+        self.experiment_id = open_experiment(
+            self.client, name, self.cfg.logger.artifact_location, self.tracking_uri
+        )
         git = git_state()
         tags = {
             "mlflow.source.name": f"encoderlab {self.command}",
@@ -130,6 +154,17 @@ class TrackedRun:
         if git["commit"]:
             tags.update(
                 {"mlflow.source.git.commit": git["commit"], "encoderlab.git_dirty": str(git["dirty"]).lower()}
+            )
+        parent = os.environ.get(PARENT_RUN_ENV)
+        if parent and _in_multirun():  # a job of `encoderlab train -m`: a child of the sweep's parent run
+            from hydra.core.hydra_config import HydraConfig
+
+            tags.update(
+                {
+                    "mlflow.parentRunId": parent,
+                    "encoderlab.sweep_job": str(HydraConfig.get().job.num),
+                    "encoderlab.sweep_job_overrides": " ".join(HydraConfig.get().overrides.task),
+                }
             )
         run = self.client.create_run(
             self.experiment_id, run_name=self.cfg.run_name or default_run_name(self.cfg), tags=tags

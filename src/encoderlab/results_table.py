@@ -1,0 +1,276 @@
+"""`encoderlab table`: paper-style results from MLflow runs, mean ± std over seeds per configuration.
+
+    encoderlab table --experiment sst2_grid --metrics test/accuracy,test/f1_macro
+    encoderlab table --parent <sweep parent run id> --format latex --baseline model._target_=...
+    encoderlab table --experiment sst2_grid --filter "params.dataset.name = 'sst2'" --plot results.png
+
+Runs are grouped by the config keys whose values differ between them, the seed (and bookkeeping keys
+such as output_dir) excluded; each group reports n, mean ± std (sample std) and a 95% bootstrap CI of
+the mean. A baseline group can be compared by Welch's t-test or a paired bootstrap over shared seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from encoderlab.errors import EncoderlabError
+
+# keys that differ between runs without being an experimental factor
+IGNORED = (
+    "seed",
+    "output_dir",
+    "run_name",
+    "trainer.enable_progress_bar",
+    "dataset.cache_dir",
+    "dataset.num_workers",
+)
+IGNORED_PREFIXES = ("logger.", "hydra.")
+
+
+@dataclass
+class GroupStats:
+    group: str
+    n: int
+    seeds: list[str]
+    stats: dict[str, tuple[float, float, float, float]]  # metric -> (mean, std, ci_low, ci_high)
+    values: dict[str, dict[str, float]]  # metric -> seed -> value
+
+
+def bootstrap_ci(values: np.ndarray, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap CI of the mean."""
+    if len(values) < 2:
+        return float(values.mean()), float(values.mean())
+    rng = np.random.default_rng(seed)
+    means = rng.choice(values, size=(n_boot, len(values)), replace=True).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def load_runs(client, experiments: list[str], parent: str | None, filter_string: str | None) -> pd.DataFrame:
+    """One row per finished (child) run: params.* and metrics.* columns, as mlflow.search_runs gives."""
+    import mlflow
+
+    exp_ids = []
+    if parent:
+        try:
+            exp_ids = [client.get_run(parent).info.experiment_id]
+        except Exception as ex:
+            raise EncoderlabError(f"No MLflow run with id {parent} (the sweep's parent run).") from ex
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            known = ", ".join(e.name for e in client.search_experiments()) or "none"
+            raise EncoderlabError(f"No MLflow experiment named '{name}'. Experiments: {known}.")
+        exp_ids.append(exp.experiment_id)
+    if not exp_ids:
+        raise EncoderlabError("Say which runs: --experiment NAME (repeatable) and/or --parent RUN_ID.")
+    clauses = ["attributes.status = 'FINISHED'"]
+    if parent:
+        clauses.append(f"tags.mlflow.parentRunId = '{parent}'")
+    if filter_string:
+        clauses.append(f"({filter_string})" if " or " in filter_string.lower() else filter_string)
+    try:
+        frame = mlflow.search_runs(exp_ids, filter_string=" and ".join(clauses), max_results=50000)
+    except Exception as ex:
+        raise EncoderlabError(f"MLflow could not search with filter {filter_string!r}: {ex}") from ex
+    if "tags.encoderlab.sweep" in frame:  # parent runs carry no metrics of their own
+        frame = frame[frame["tags.encoderlab.sweep"].isna()]
+    return frame.reset_index(drop=True)
+
+
+def varying_keys(frame: pd.DataFrame) -> list[str]:
+    """Config keys (params) whose values differ between the runs, bookkeeping keys excluded."""
+    keys = []
+    for col in sorted(c for c in frame.columns if c.startswith("params.")):
+        key = col.removeprefix("params.")
+        if key in IGNORED or key.startswith(IGNORED_PREFIXES):
+            continue
+        if frame[col].fillna("<unset>").nunique() > 1:
+            keys.append(key)
+    return keys
+
+
+def group_runs(frame: pd.DataFrame, metrics: list[str], group_by: list[str]) -> list[GroupStats]:
+    missing = [m for m in metrics if f"metrics.{m}" not in frame]
+    if missing:
+        known = sorted(c.removeprefix("metrics.") for c in frame.columns if c.startswith("metrics."))
+        raise EncoderlabError(
+            f"No metric {', '.join(missing)} in these runs. Metrics logged: {', '.join(known)}."
+        )
+    labels = (
+        frame[[f"params.{k}" for k in group_by]]
+        .fillna("<unset>")
+        .astype(str)
+        .apply(lambda row: ", ".join(f"{k}={v}" for k, v in zip(group_by, row, strict=True)), axis=1)
+        if group_by
+        else pd.Series(["all runs"] * len(frame))
+    )
+    seeds = frame["params.seed"].astype(str) if "params.seed" in frame else frame["run_id"]
+    out = []
+    for label in dict.fromkeys(labels):
+        rows = frame[labels == label]
+        stats, values = {}, {}
+        for m in metrics:
+            v = rows[f"metrics.{m}"].dropna().to_numpy(dtype=float)
+            lo, hi = bootstrap_ci(v)
+            stats[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, lo, hi)
+            values[m] = dict(zip(seeds[rows.index], rows[f"metrics.{m}"], strict=True))
+        out.append(GroupStats(label, len(rows), sorted(seeds[rows.index]), stats, values))
+    return out
+
+
+def compare(base: GroupStats, other: GroupStats, metric: str, test: str, seed: int = 0) -> str:
+    """Difference to the baseline with a p-value (Welch) or a 95% CI of the paired difference."""
+    a = np.array(list(base.values[metric].values()), dtype=float)
+    b = np.array(list(other.values[metric].values()), dtype=float)
+    if test == "welch":
+        from scipy import stats
+
+        if len(a) < 2 or len(b) < 2:
+            return "n<2"
+        p = stats.ttest_ind(b, a, equal_var=False).pvalue
+        return f"{b.mean() - a.mean():+.4f} (p={p:.3g})"
+    shared = sorted(set(base.values[metric]) & set(other.values[metric]))
+    if len(shared) < 2:
+        return "no shared seeds"
+    diff = np.array([other.values[metric][s] - base.values[metric][s] for s in shared])
+    lo, hi = bootstrap_ci(diff, seed=seed)
+    return f"{diff.mean():+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+
+def render(
+    groups: list[GroupStats], metrics: list[str], fmt: str, extra: dict[str, list[str]] | None = None
+) -> str:
+    header = ["group", "n", *[f"{m} (mean ± std)" for m in metrics], *[f"{m} 95% CI" for m in metrics]]
+    rows = []
+    for g in groups:
+        row = [g.group, str(g.n)]
+        row += [f"{g.stats[m][0]:.4f} ± {g.stats[m][1]:.4f}" for m in metrics]
+        row += [f"[{g.stats[m][2]:.4f}, {g.stats[m][3]:.4f}]" for m in metrics]
+        rows.append(row)
+    for name, col in (extra or {}).items():
+        header.append(name)
+        for row, value in zip(rows, col, strict=True):
+            row.append(value)
+    if fmt == "csv":
+        return pd.DataFrame(rows, columns=header).to_csv(index=False)
+    if fmt == "latex":
+        esc = {"_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#"}
+
+        def tex(s: str) -> str:
+            s = "".join(esc.get(c, c) for c in s)
+            return s.replace("±", r"$\pm$")
+
+        lines = [r"\begin{tabular}{" + "l" + "r" * (len(header) - 1) + "}", r"\toprule"]
+        lines.append(" & ".join(tex(h) for h in header) + r" \\")
+        lines.append(r"\midrule")
+        lines += [" & ".join(tex(c) for c in row) + r" \\" for row in rows]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_groups(groups: list[GroupStats], metric: str, path: Path) -> Path:
+    """Mean with 95% CI error bars per group, individual seeds as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 0.6 * len(groups) + 1.5))
+    for i, g in enumerate(groups):
+        mean, _, lo, hi = g.stats[metric]
+        ax.errorbar(mean, i, xerr=[[mean - lo], [hi - mean]], fmt="o", color="#4c72b0", capsize=4)
+        ax.scatter(list(g.values[metric].values()), [i] * g.n, color="grey", s=12, alpha=0.7, zorder=3)
+    ax.set_yticks(range(len(groups)), labels=[g.group for g in groups], fontsize=8)
+    ax.invert_yaxis()
+    ax.set(xlabel=f"{metric} (mean, 95% bootstrap CI; dots: seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="encoderlab table",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--experiment", "-e", action="append", default=[], help="MLflow experiment name (repeatable)"
+    )
+    p.add_argument("--parent", help="a sweep's parent run id: its child runs")
+    p.add_argument("--filter", help="MLflow search filter, e.g. \"params.dataset.name = 'sst2'\"")
+    p.add_argument("--metrics", default="test/accuracy,test/f1_macro", help="comma-separated metric names")
+    p.add_argument(
+        "--group-by", help="comma-separated config keys (default: the keys that differ, seed excluded)"
+    )
+    p.add_argument("--format", choices=("markdown", "latex", "csv"), default="markdown")
+    p.add_argument(
+        "--baseline",
+        help="the group to compare against, e.g. 'model.name_or_path=...' (a substring of the group label)",
+    )
+    p.add_argument("--test", choices=("welch", "paired-bootstrap"), default="paired-bootstrap")
+    p.add_argument("--plot", type=Path, help="PNG of the first metric: mean and 95%% CI per group")
+    p.add_argument("--output", "-o", type=Path, help="also write the table to this file")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    from encoderlab.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    frame = load_runs(MlflowClient(uri), args.experiment, args.parent, args.filter)
+    if frame.empty:
+        raise EncoderlabError("No finished runs match (only FINISHED runs are tabulated).")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    group_by = [k.strip() for k in args.group_by.split(",")] if args.group_by else varying_keys(frame)
+    unknown = [k for k in group_by if f"params.{k}" not in frame]
+    if unknown:
+        raise EncoderlabError(f"--group-by: no config key {', '.join(unknown)} in these runs' params.")
+    groups = group_runs(frame, metrics, group_by)
+    extra = None
+    if args.baseline:
+        matches = [g for g in groups if g.group == args.baseline] or [
+            g for g in groups if args.baseline in g.group
+        ]
+        if len(matches) != 1:
+            raise EncoderlabError(
+                f"--baseline {args.baseline!r} matches {len(matches)} groups; it must match one of: "
+                + "; ".join(g.group for g in groups)
+            )
+        base = matches[0]
+        name = f"Δ {metrics[0]} vs baseline" + (
+            " (Welch)" if args.test == "welch" else " (paired bootstrap 95% CI)"
+        )
+        extra = {name: ["baseline" if g is base else compare(base, g, metrics[0], args.test) for g in groups]}
+    text = render(groups, metrics, args.format, extra)
+    print(text, end="")
+    print(
+        f"{len(frame)} runs in {len(groups)} groups; grouped by: {', '.join(group_by) or '(nothing differs)'}",
+        file=sys.stderr,
+    )
+    if args.output:
+        args.output.write_text(text)
+    if args.plot:
+        plot_groups(groups, metrics[0], args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
