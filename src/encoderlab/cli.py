@@ -24,6 +24,8 @@ commands:
             encoderlab predict <model-dir> --mc-dropout 20 --threshold 0.6 < texts.txt
   evaluate  the evaluation report of a trained model on any dataset split (logged to MLflow)
             encoderlab evaluate source=<run-id> dataset=imdb              (cross-domain: SST-2 -> IMDb)
+  sweep     Optuna search over sweeps/<name>.yaml, one MLflow parent run per study (resumable, parallel)
+            encoderlab sweep sweep=trec_scratch n_trials=20 --workers 2 --retest 3,3
   table     mean ± std over seeds per configuration from MLflow runs (Markdown, LaTeX, CSV)
             encoderlab table --experiment sst2_grid --metrics test/accuracy,test/f1_macro
             encoderlab table --parent <sweep parent run id> --baseline model=minilm --plot results.png
@@ -66,8 +68,10 @@ def _plain_command(module: str, argv: list[str]) -> int:
     try:
         return importlib.import_module(f"encoderlab.{module}").main(argv)
     except EncoderlabError as ex:
+        from encoderlab.errors import ConfigError
+
         print(f"error: {ex}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(ex, ConfigError) else 1
 
 
 def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
@@ -121,10 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         return run_hydra(rest, "evaluate", _evaluate_task, "encoderlab evaluate")
     if command == "predict":
         return _plain_command("predict", rest)
+    if command == "sweep":
+        return _plain_command("sweep", rest)
     if command == "table":
         return _plain_command("results_table", rest)
     print(
-        f"error: unknown command '{command}'. Commands: train, evaluate, predict, table. See `encoderlab --help`.",
+        f"error: unknown command '{command}'. Commands: train, evaluate, predict, sweep, table. See `encoderlab --help`.",
         file=sys.stderr,
     )
     return 2

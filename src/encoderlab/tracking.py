@@ -116,9 +116,18 @@ def open_experiment(client, name: str, artifact_location: str | None, tracking_u
 class TrackedRun:
     """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, command: str = "train") -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        command: str = "train",
+        parent_run_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.command = command
+        self.parent_run_id = parent_run_id
+        self.extra_tags = dict(tags or {})
         self.run_dir = run_dir
         self.enabled = cfg.logger.backend == "mlflow"
         self.client = None
@@ -155,8 +164,13 @@ class TrackedRun:
             tags.update(
                 {"mlflow.source.git.commit": git["commit"], "encoderlab.git_dirty": str(git["dirty"]).lower()}
             )
+        tags.update(self.extra_tags)
+        if self.parent_run_id:  # a trial of `encoderlab sweep`
+            tags["mlflow.parentRunId"] = self.parent_run_id
         parent = os.environ.get(PARENT_RUN_ENV)
-        if parent and _in_multirun():  # a job of `encoderlab train -m`: a child of the sweep's parent run
+        if (
+            parent and not self.parent_run_id and _in_multirun()
+        ):  # a job of `encoderlab train -m`: a child of the sweep's parent run
             from hydra.core.hydra_config import HydraConfig
 
             tags.update(
@@ -181,6 +195,10 @@ class TrackedRun:
             return False
         if exc is None:
             self.client.set_terminated(self.run_id, "FINISHED")
+        elif type(exc).__name__ == "TrialPruned":  # optuna stopped an unpromising sweep trial
+            self.client.set_tag(self.run_id, "encoderlab.trial_state", "PRUNED")
+            self.client.set_terminated(self.run_id, "KILLED")
+            log.info("MLflow run %s: trial pruned", self.run_id)
         else:
             status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
             reason = f"{type(exc).__name__}: {exc}"

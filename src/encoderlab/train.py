@@ -33,7 +33,9 @@ from encoderlab.tracking import TrackedRun, flatten, resolved_config
 log = logging.getLogger(__name__)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> tuple[L.Trainer, ModelCheckpoint]:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, logger, extra_callbacks: list | None = None
+) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning Trainer from cfg.trainer and cfg.callbacks (validation interval in optimizer steps)."""
     tc, cb = cfg.trainer, cfg.callbacks
     if tc.accelerator == "cpu" and tc.precision == "16-mixed":
@@ -47,7 +49,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, logger) -> tuple[L.Trainer, Mo
         save_weights_only=cb.checkpoint.save_weights_only,
         auto_insert_metric_name=False,
     )
-    callbacks: list = [checkpoint]
+    callbacks: list = [checkpoint, *(extra_callbacks or [])]
     if cb.early_stopping.enabled:
         es = cb.early_stopping
         callbacks.append(
@@ -106,13 +108,19 @@ def _route_lightning_logs_through_hydra() -> None:
             logger.propagate = True
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric."""
+def train(
+    cfg: DictConfig,
+    callbacks: list | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> float | None:
+    """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric.
+    `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run."""
     run_dir = Path(cfg.output_dir).resolve()
     _route_lightning_logs_through_hydra()
     L.seed_everything(cfg.seed, workers=True)
 
-    with TrackedRun(cfg, run_dir) as run:
+    with TrackedRun(cfg, run_dir, parent_run_id=parent_run_id, tags=tags) as run:
         # ---- config --------------------------------------------------------------------------------
         run.log_params(flatten(resolved_config(cfg)))
         run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
@@ -165,7 +173,7 @@ def train(cfg: DictConfig) -> float | None:
         run.log_metrics({"model/parameters": n_params, "model/trainable_parameters": n_train})
 
         # ---- fit -----------------------------------------------------------------------------------
-        trainer, checkpoint = build_trainer(cfg, run_dir, run.lightning_logger())
+        trainer, checkpoint = build_trainer(cfg, run_dir, run.lightning_logger(), callbacks)
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         fit_seconds = time.perf_counter() - fit_start

@@ -1,0 +1,619 @@
+"""`encoderlab sweep`: an Optuna search over any config keys, one MLflow parent run per study.
+
+    encoderlab sweep sweep=trec_scratch n_trials=20
+    encoderlab sweep sweep=sst2_minilm --workers 2 model.name_or_path=/models/minilm
+    encoderlab sweep sweep=trec_scratch --retest 3,3          # retrain the best 3 configs with 3 fresh seeds
+
+The search space lives in sweeps/<name>.yaml (./sweeps first, then encoderlab's own): the overrides every
+trial starts from, the study settings and the parameters. Each trial composes `encoderlab train`'s config
+with the sampled values, trains with a pruning hook at every validation and returns its best validation
+value (the checkpoint that is kept). Storage is SQLite under outputs/ unless `storage=` names any
+SQLAlchemy URL (PostgreSQL for many workers or machines); rerunning the command continues the study until
+n_trials trials are complete or pruned, and trials whose process died are marked FAIL and redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from encoderlab.errors import ConfigError, EncoderlabError
+
+log = logging.getLogger("encoderlab.sweep")
+
+SAMPLERS = ("tpe", "random", "grid", "cmaes")
+PRUNERS = ("median", "successive_halving", "hyperband", "none")
+PARAM_TYPES = ("float", "int", "categorical")
+STUDY_KEYS = (
+    "direction",
+    "metric",
+    "n_trials",
+    "sampler",
+    "pruner",
+    "storage",
+    "study_name",
+    "seed",
+    "heartbeat_interval",  # seconds between a running trial's heartbeats
+    "grace_period",  # a trial silent this long is taken as dead (FAIL) and redone
+)
+
+
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class SurplusTrial(Exception):
+    """A worker asked for a trial after the others had taken the last of n_trials."""
+
+
+# ---- the search space -----------------------------------------------------------------------------
+@dataclass
+class Space:
+    name: str
+    path: Path
+    base: list[str]  # overrides of every trial
+    study: dict[str, Any]
+    params: dict[str, dict[str, Any]]
+
+
+def sweeps_dirs() -> list[Path]:
+    """Where `sweep=<name>` is looked up: ./sweeps, then the packaged sweeps/ (wheel or repo)."""
+    here = Path(__file__).resolve().parent
+    return [Path.cwd() / "sweeps", here / "sweeps", here.parents[1] / "sweeps"]
+
+
+def load_space(name: str) -> Space:
+    path = Path(name)
+    if not path.suffix:
+        path = next((d / f"{name}.yaml" for d in sweeps_dirs() if (d / f"{name}.yaml").is_file()), path)
+    if not path.is_file():
+        available = sorted({p.stem for d in sweeps_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+        raise ConfigError(
+            f"Config error: no search space 'sweep={name}'. Available: {', '.join(available) or 'none'} "
+            "(files sweeps/<name>.yaml in the current directory or in encoderlab)."
+        )
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {"base", "study", "params"}
+    if unknown:
+        raise ConfigError(
+            f"Config error: {path}: unknown section(s) {', '.join(sorted(unknown))}. Allowed: base, study, params."
+        )
+    study = {
+        "direction": "maximize",
+        "metric": "val/accuracy",
+        "n_trials": 20,
+        "sampler": "tpe",
+        "pruner": "median",
+        "storage": None,
+        "study_name": path.stem,
+        "seed": 42,
+        "heartbeat_interval": 30,
+        "grace_period": 120,
+        **(raw.get("study") or {}),
+    }
+    space = Space(path.stem, path, [str(o) for o in raw.get("base") or []], study, raw.get("params") or {})
+    check_space(space)
+    return space
+
+
+def check_space(space: Space) -> None:
+    """Clear errors for a malformed space (before any trial starts)."""
+    where = f"Config error: {space.path}"
+    for key in space.study:
+        if key not in STUDY_KEYS:
+            raise ConfigError(f"{where}: unknown study key '{key}'. Allowed: {', '.join(STUDY_KEYS)}.")
+    if space.study["direction"] not in ("maximize", "minimize"):
+        raise ConfigError(
+            f"{where}: study.direction is {space.study['direction']!r}. Allowed: maximize, minimize."
+        )
+    if space.study["sampler"] not in SAMPLERS:
+        raise ConfigError(
+            f"{where}: study.sampler is {space.study['sampler']!r}. Allowed: {', '.join(SAMPLERS)}."
+        )
+    if space.study["pruner"] not in PRUNERS:
+        raise ConfigError(
+            f"{where}: study.pruner is {space.study['pruner']!r}. Allowed: {', '.join(PRUNERS)}."
+        )
+    if not isinstance(space.study["n_trials"], int) or space.study["n_trials"] < 1:
+        raise ConfigError(f"{where}: n_trials must be an integer >= 1, got {space.study['n_trials']!r}.")
+    if not space.params:
+        raise ConfigError(f"{where}: no params to search.")
+    seen: list[str] = []
+    for key, spec in space.params.items():
+        if not isinstance(spec, dict) or spec.get("type") not in PARAM_TYPES:
+            raise ConfigError(f"{where}: param '{key}' needs type: {' | '.join(PARAM_TYPES)}, got {spec!r}.")
+        if spec["type"] == "categorical":
+            if not spec.get("choices"):
+                raise ConfigError(f"{where}: categorical param '{key}' needs a non-empty 'choices' list.")
+        else:
+            if "low" not in spec or "high" not in spec or not spec["low"] < spec["high"]:
+                raise ConfigError(f"{where}: {spec['type']} param '{key}' needs low < high, got {spec!r}.")
+            if spec.get("log") and spec["low"] <= 0:
+                raise ConfigError(f"{where}: param '{key}' is log-scaled, so low must be > 0.")
+        for cond in spec.get("when", {}) or {}:
+            if cond not in seen:
+                raise ConfigError(
+                    f"{where}: param '{key}' is conditional on '{cond}', which must be a param listed before it."
+                )
+        seen.append(key)
+    if space.study["sampler"] == "grid" and any(s["type"] != "categorical" for s in space.params.values()):
+        raise ConfigError(
+            f"{where}: the grid sampler needs categorical params only (list the values as choices)."
+        )
+
+
+def check_keys(space: Space, cfg) -> None:
+    """Every searched key must exist in the composed config (a typo would otherwise be a silent no-op)."""
+    from omegaconf import OmegaConf
+
+    for key in space.params:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is None or leaf not in node:
+            siblings = (
+                ", ".join(str(k) for k in node) if node is not None and hasattr(node, "keys") else "none"
+            )
+            raise ConfigError(
+                f"Config error: {space.path}: param '{key}' is not a key of the composed config. "
+                f"Keys allowed in {parent or 'the top level'}: {siblings}."
+            )
+
+
+def suggest(trial, params: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Define-by-run sampling; a param with `when: {key: value}` is sampled only when earlier values match."""
+    values: dict[str, Any] = {}
+    for key, spec in params.items():
+        cond = spec.get("when") or {}
+        if any(values.get(k) != v for k, v in cond.items()):
+            continue
+        if spec["type"] == "categorical":
+            values[key] = trial.suggest_categorical(key, list(spec["choices"]))
+        elif spec["type"] == "int":
+            values[key] = trial.suggest_int(
+                key,
+                int(spec["low"]),
+                int(spec["high"]),
+                step=int(spec.get("step", 1)),
+                log=bool(spec.get("log", False)),
+            )
+        else:
+            values[key] = trial.suggest_float(
+                key,
+                float(spec["low"]),
+                float(spec["high"]),
+                log=bool(spec.get("log", False)),
+                step=spec.get("step"),
+            )
+    return values
+
+
+def _override(key: str, value: Any) -> str:
+    return f"{key}={json.dumps(value) if isinstance(value, (list, dict)) else value}"
+
+
+# ---- study plumbing ------------------------------------------------------------------------------------
+def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]]):
+    import optuna
+
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return optuna.samplers.GridSampler({k: list(s["choices"]) for k, s in params.items()}, seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+
+
+def make_pruner(name: str):
+    import optuna
+
+    return {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
+        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
+        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
+        "none": lambda: optuna.pruners.NopPruner(),
+    }[name]()
+
+
+def storage_url(study: dict[str, Any]) -> str:
+    url = study["storage"] or f"sqlite:///{Path.cwd() / 'outputs' / 'optuna.db'}"
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return url
+
+
+def open_study(space: Space):
+    import optuna
+    from optuna.storages import RDBStorage
+
+    url = storage_url(space.study)
+    # heartbeats let a rerun (or another worker) mark trials whose process died as FAIL
+    try:
+        storage = RDBStorage(
+            url,
+            heartbeat_interval=int(space.study["heartbeat_interval"]),
+            grace_period=int(space.study["grace_period"]),
+        )
+    except Exception as ex:  # unreachable server, bad URL, missing driver
+        raise EncoderlabError(
+            f"Could not open the study storage {_redact(url)}: {type(ex).__name__}: {' '.join(str(ex).split())[:300]}"
+        ) from ex
+    study = optuna.create_study(
+        study_name=space.study["study_name"],
+        storage=storage,
+        direction=space.study["direction"],
+        sampler=make_sampler(space.study["sampler"], space.study["seed"] + os.getpid() % 1000, space.params),
+        pruner=make_pruner(space.study["pruner"]),
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != space.study["direction"]:
+        raise EncoderlabError(
+            f"Study '{study.study_name}' in {url} was created to {study.direction.name.lower()}, but the space "
+            f"says {space.study['direction']}. Use another study_name= or storage=."
+        )
+    return study
+
+
+def counted(study) -> int:
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+class PruningCallback:
+    """Reports the monitored validation metric to Optuna at every validation; raises TrialPruned."""
+
+    def __new__(cls, trial, metric: str):
+        import lightning as L
+
+        class _Pruning(L.Callback):
+            def __init__(self) -> None:
+                self.validations = 0
+
+            def on_validation_end(self, trainer, pl_module) -> None:
+                if trainer.sanity_checking or metric not in trainer.callback_metrics:
+                    return
+                import optuna
+
+                value = float(trainer.callback_metrics[metric])
+                trial.report(value, self.validations)
+                self.validations += 1
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at validation {self.validations}: {metric}={value:.4f}")
+
+        return _Pruning()
+
+
+# ---- MLflow parent run of the study ---------------------------------------------------------------------
+def parent_run(cfg, space: Space, url: str) -> tuple[Any, str | None]:
+    """The study's parent run (found by tags on a rerun, created otherwise)."""
+    if cfg.logger.backend != "mlflow":
+        return None, None
+    from mlflow.tracking import MlflowClient
+
+    from encoderlab.tracking import default_tracking_uri, open_experiment
+
+    uri = cfg.logger.tracking_uri or default_tracking_uri()
+    client = MlflowClient(uri)
+    exp_id = open_experiment(client, cfg.experiment_name, cfg.logger.artifact_location, uri)
+    study_name = space.study["study_name"]
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`encoderlab.study` = '{study_name}' and tags.`encoderlab.sweep` = 'optuna'",
+    )
+    found = [r for r in found if r.data.tags.get("encoderlab.study_storage") == _redact(url)]
+    if found:
+        run = found[0]
+        if run.info.status != "RUNNING":
+            client.update_run(run.info.run_id, status="RUNNING")
+        return client, run.info.run_id
+    run = client.create_run(
+        exp_id,
+        run_name=f"{study_name}-study",
+        tags={
+            "encoderlab.sweep": "optuna",
+            "encoderlab.study": study_name,
+            "encoderlab.study_storage": _redact(url),
+            "encoderlab.sweep_space": str(space.path),
+            "mlflow.source.name": "encoderlab sweep",
+        },
+    )
+    client.log_param(run.info.run_id, "space", json.dumps(space.params)[:6000])
+    for k, v in space.study.items():
+        if k != "storage":
+            client.log_param(run.info.run_id, f"study.{k}", str(v))
+    return client, run.info.run_id
+
+
+def _redact(url: str) -> str:
+    """A storage URL without its password, for tags and logs."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}"
+    return url
+
+
+# ---- the command ----------------------------------------------------------------------------------------
+def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str], list[str]]:
+    p = argparse.ArgumentParser(
+        prog="encoderlab sweep",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study storage")
+    p.add_argument("--retest", help="K,N: retrain the best K configs with N fresh seeds each, on test")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "overrides", nargs="*", help="sweep=<name>, n_trials=, storage=, study_name=, and train overrides"
+    )
+    args = p.parse_args(argv)
+    study_args: dict[str, str] = {}
+    train_overrides: list[str] = []
+    for o in args.overrides:
+        key, _, value = o.partition("=")
+        if key in ("sweep", *STUDY_KEYS) and _:  # study settings; everything else goes to the trials
+            study_args[key] = value
+        else:
+            train_overrides.append(o)
+    if "sweep" not in study_args:
+        raise ConfigError("Config error: 'sweep' is required: sweep=<name> names sweeps/<name>.yaml.")
+    return args, study_args, train_overrides
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (in-process runners swap the stream)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    root = logging.getLogger()
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def compose(overrides: list[str], output_dir: Path | None = None):
+    """`encoderlab train`'s config for these overrides, validated (no Hydra run: output_dir is set here)."""
+    if output_dir is not None:
+        overrides = [*overrides, f"output_dir={Path(output_dir).resolve()}"]
+    elif not any(o.startswith("output_dir=") for o in overrides):
+        overrides = [*overrides, f"output_dir={(Path('outputs') / 'sweeps').resolve()}"]
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from encoderlab.config import conf_dir, register_configs
+    from encoderlab.validate import validate_config
+
+    register_configs()
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        del cfg["hydra"]
+    validate_config(cfg)
+    return cfg, choices
+
+
+def main(argv: list[str]) -> int:
+    from encoderlab.errors import format_config_error
+
+    args, study_args, train_overrides = parse(argv)
+    space = load_space(study_args.pop("sweep"))
+    for key, value in study_args.items():
+        space.study[key] = (
+            yaml.safe_load(value)
+            if key in ("n_trials", "seed", "heartbeat_interval", "grace_period")
+            else value
+        )
+    check_space(space)
+    overrides = [
+        "analysis=none",
+        "probes=none",
+        "trainer.enable_progress_bar=false",
+        *space.base,
+        *train_overrides,
+    ]
+    try:
+        base_cfg, _ = compose(overrides)
+    except Exception as ex:
+        message = format_config_error(ex)
+        if message is None:
+            raise
+        raise ConfigError(message) from ex
+    check_keys(space, base_cfg)
+    if base_cfg.callbacks.checkpoint.monitor != space.study["metric"]:
+        overrides.append(f"callbacks.checkpoint.monitor={space.study['metric']}")
+        overrides.append(
+            f"callbacks.checkpoint.mode={'max' if space.study['direction'] == 'maximize' else 'min'}"
+        )
+    _log_to_stderr()
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(space)
+    url = storage_url(space.study)
+    client, parent_id = parent_run(base_cfg, space, url)
+    log.info(
+        "Study '%s' in %s: %d/%d trials complete or pruned",
+        study.study_name,
+        _redact(url),
+        counted(study),
+        space.study["n_trials"],
+    )
+
+    if args.workers > 1 and not args.worker:
+        run_workers(args.workers, argv)
+    else:
+        run_trials(study, space, overrides, parent_id)
+    if args.worker:
+        return 0
+    best = finish_study(study, space, overrides, client, parent_id)
+    if args.retest and best is not None:
+        from encoderlab.retest import retest
+
+        k, n = (int(x) for x in args.retest.split(","))
+        retest(study, space, overrides, client, parent_id, k, n)
+    return 0
+
+
+def run_workers(n: int, argv: list[str]) -> None:
+    """N local processes running the same command on the same storage; trial counts stay exact."""
+    rest, skip = [], False
+    for arg in argv:  # the same command without --workers N / --retest K,N (the parent retests)
+        if skip:
+            skip = False
+        elif arg in ("--workers", "--retest"):
+            skip = True
+        elif not arg.startswith(("--workers=", "--retest=")):
+            rest.append(arg)
+    cmd = [sys.executable, "-m", "encoderlab", "sweep", "--worker", *rest]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(n)]
+    log.info("Started %d workers", n)
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise EncoderlabError(f"sweep workers exited with codes {codes}")
+
+
+def run_trials(study, space: Space, overrides: list[str], parent_id: str | None) -> None:
+    """Run trials until n_trials are complete or pruned (counting every worker's)."""
+    import optuna
+    from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
+
+    from encoderlab.train import train
+
+    target = space.study["n_trials"]
+    failures = 0
+    while True:
+        fail_stale_trials(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            _mark_trial_runs(parent_id, study.study_name, t.number, "FAILED", "FAIL", only_running=True)
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if counted(study) + running >= target:
+            if running == 0 or counted(study) >= target:
+                break
+            time.sleep(5)  # others' trials may still fail and need redoing
+            continue
+
+        def objective(trial: optuna.Trial) -> float:
+            if counted(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) > target:
+                trial.set_user_attr("surplus", True)  # another worker took the last slot: FAIL, not counted
+                raise SurplusTrial("the study already has its n_trials")
+            values = suggest(trial, space.params)
+            trial_overrides = [*overrides, *(_override(k, v) for k, v in values.items())]
+            out_dir = Path("outputs") / "sweeps" / study.study_name / f"trial_{trial.number:04d}"
+            cfg, choices = compose(trial_overrides, out_dir)
+            trial.set_user_attr("overrides", trial_overrides)
+            trial.set_user_attr("choices", choices)
+            tags = {"encoderlab.study": study.study_name, "encoderlab.trial": str(trial.number)}
+            try:
+                best = train(
+                    cfg,
+                    callbacks=[PruningCallback(trial, space.study["metric"])],
+                    parent_run_id=parent_id,
+                    tags=tags,
+                )
+            except optuna.TrialPruned:
+                raise
+            except KeyboardInterrupt:
+                _mark_trial_runs(parent_id, study.study_name, trial.number, "FAILED", "interrupted")
+                raise
+            if best is None:
+                raise EncoderlabError(f"trial {trial.number}: no validation value of {space.study['metric']}")
+            trial.set_user_attr("run_dir", str(out_dir.resolve()))
+            _mark_trial_runs(parent_id, study.study_name, trial.number, None, "COMPLETE")
+            return best
+
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        last = study.get_trials(deepcopy=False)[-1]
+        if last.state == TrialState.FAIL and not last.user_attrs.get("surplus"):
+            failures += 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise EncoderlabError(
+                    f"{failures} trials in a row failed (the last: trial {last.number}); stopping the sweep. "
+                    "See the trials' logs and their FAILED MLflow runs for the reason."
+                )
+        else:
+            failures = 0
+
+
+def _mark_trial_runs(
+    parent_id: str | None,
+    study_name: str,
+    number: int,
+    status: str | None,
+    state: str,
+    only_running: bool = False,
+) -> None:
+    if parent_id is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    from encoderlab.tracking import default_tracking_uri
+
+    client = MlflowClient(default_tracking_uri())
+    runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`encoderlab.trial` = '{number}'",
+    )
+    for r in runs:
+        if only_running and r.info.status != "RUNNING":
+            continue
+        client.set_tag(r.info.run_id, "encoderlab.trial_state", state)
+        if status is not None:
+            client.set_terminated(r.info.run_id, status)
+
+
+def finish_study(study, space: Space, overrides: list[str], client, parent_id: str | None):
+    """Best params, best.yaml, importances and the four plots, logged on the parent run."""
+    from optuna.trial import TrialState
+
+    from encoderlab.study_report import write_study_report
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        log.warning("No complete trial yet: nothing to report.")
+        return None
+    out_dir = Path("outputs") / "sweeps" / study.study_name
+    files = write_study_report(study, space, out_dir)
+    best = study.best_trial
+    if client is not None:
+        client.log_artifacts(parent_id, str(out_dir / "report"), "study")
+        client.log_metric(parent_id, f"best/{space.study['metric']}", best.value)
+        client.log_metric(parent_id, "study/complete", len(complete))
+        client.log_metric(
+            parent_id, "study/pruned", len(study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)))
+        )
+        client.log_metric(
+            parent_id, "study/failed", len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+        )
+        for k, v in best.params.items():
+            client.set_tag(parent_id, f"best.{k}", str(v))
+        client.set_terminated(parent_id, "FINISHED")
+    print(f"Best trial {best.number}: {space.study['metric']}={best.value:.4f} with {best.params}")
+    print(f"Rerun it: encoderlab train --config-dir {files['best_yaml'].parent} --config-name best")
+    return best

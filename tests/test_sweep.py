@@ -1,0 +1,190 @@
+"""`encoderlab sweep`: Optuna studies with real SQLite storage and real MLflow parent/child runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import all_runs
+
+TINY = {
+    "base": [
+        "experiment=trec_scratch",
+        "model.d_model=32",
+        "model.n_heads=2",
+        "model.d_ff=64",
+        "tokenizer.vocab_size=800",
+        "trainer.max_epochs=2",
+        "dataset.batch_size=32",
+    ],
+    "study": {
+        "n_trials": 3,
+        "sampler": "random",
+        "pruner": "none",
+        "heartbeat_interval": 1,
+        "grace_period": 3,
+    },
+    "params": {
+        "optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+        "model.pooling": {"type": "categorical", "choices": ["cls", "mean"]},
+    },
+}
+
+
+def write_space(root: Path, name: str = "tiny", **changes) -> str:
+    space = json.loads(json.dumps(TINY))
+    for section, value in changes.items():
+        space[section] = value
+    (root / "sweeps").mkdir(exist_ok=True)
+    (root / "sweeps" / f"{name}.yaml").write_text(yaml.safe_dump(space))
+    return name
+
+
+def load_study(root: Path, name: str = "tiny"):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'outputs' / 'optuna.db'}")
+
+
+def states(study) -> list[str]:
+    return [t.state.name for t in study.get_trials(deepcopy=False)]
+
+
+def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
+    write_space(isolated)
+    res = cli("sweep", "sweep=tiny")
+    assert res.code == 0, res.err
+    study = load_study(isolated)
+    assert states(study) == ["COMPLETE"] * 3
+
+    runs = all_runs(mlflow_client)
+    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "optuna"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert sorted(c.data.tags["encoderlab.trial"] for c in children) == ["0", "1", "2"]
+    for c in children:  # the trial's sampled params are the run's params, its state a tag
+        trial = study.trials[int(c.data.tags["encoderlab.trial"])]
+        assert float(c.data.params["optimizer.lr"]) == pytest.approx(trial.params["optimizer.lr"])
+        assert c.data.params["model.pooling"] == trial.params["model.pooling"]
+        assert c.data.tags["encoderlab.trial_state"] == "COMPLETE"
+        assert c.data.metrics["best/val/accuracy"] == pytest.approx(trial.value)  # objective: best validation
+    arts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "study")}
+    for name in (
+        "best.yaml",
+        "best_params.json",
+        "importances.json",
+        "trials.csv",
+        "optimization_history.png",
+        "parallel_coordinate.png",
+        "slice.png",
+        "param_importances.png",
+    ):
+        assert f"study/{name}" in arts, name
+    assert parent.data.metrics["best/val/accuracy"] == pytest.approx(study.best_value)
+
+    # rerunning the same command continues the study: nothing left to do; a larger n_trials adds one
+    assert cli("sweep", "sweep=tiny").code == 0
+    assert len(load_study(isolated).trials) == 3
+    assert cli("sweep", "sweep=tiny", "n_trials=4").code == 0
+    assert states(load_study(isolated)) == ["COMPLETE"] * 4
+    assert len([r for r in all_runs(mlflow_client) if r.data.tags.get("encoderlab.sweep") == "optuna"]) == 1
+
+    # best.yaml reruns the best trial exactly (same seed, CPU: same numbers)
+    best = load_study(isolated).best_trial
+    res = cli(
+        "train",
+        "--config-dir",
+        str(isolated / "outputs" / "sweeps" / "tiny"),
+        "--config-name",
+        "best",
+        "hydra.run.dir=outputs/rerun",
+    )
+    assert res.code == 0, res.err
+    rerun = json.loads((isolated / "outputs" / "rerun" / "metrics.json").read_text())
+    trial_dir = Path(best.user_attrs["run_dir"])
+    assert rerun == json.loads((trial_dir / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"params": {"model.nope": {"type": "int", "low": 1, "high": 3}}}, "param 'model.nope' is not a key"),
+        (
+            {"params": {"model.pooling": {"type": "categorical", "choices": []}}},
+            "needs a non-empty 'choices'",
+        ),
+        ({"params": {"optimizer.lr": {"type": "float", "low": 0.1, "high": 0.01}}}, "needs low < high"),
+        ({"study": {"sampler": "bayes"}}, "study.sampler is 'bayes'. Allowed: tpe, random, grid, cmaes"),
+        ({"study": {"pruner": "asha"}}, "study.pruner is 'asha'. Allowed: median"),
+        (
+            {"study": {"storage": "postgresql://encoderlab:secret@127.0.0.1:9/optuna"}},
+            "Could not open the study storage",
+        ),
+        ({"study": {"n_trials": 2, "colour": "blue"}}, "unknown study key 'colour'"),
+    ],
+)
+def test_bad_search_space_fails_before_any_training(cli, isolated, changes, message):
+    write_space(isolated, **changes)
+    res = cli("sweep", "sweep=tiny")
+    assert res.code in (1, 2), res.err
+    assert message in res.err and "Traceback" not in res.err
+    assert "secret" not in res.err  # storage passwords stay out of messages
+    assert not (isolated / "outputs" / "sweeps" / "tiny").exists()  # no trial ran
+    db = isolated / "outputs" / "optuna.db"
+    if db.exists():
+        import optuna
+
+        assert all(s.n_trials == 0 for s in optuna.get_all_study_summaries(f"sqlite:///{db}"))
+
+
+def test_unknown_sweep_name_lists_the_available_ones(cli, isolated):
+    res = cli("sweep", "sweep=nope")
+    assert res.code == 2 and "no search space 'sweep=nope'" in res.err and "trec_scratch" in res.err
+
+
+def test_killed_sweep_resumes_with_exact_trial_count(cli, isolated, mlflow_client):
+    """SIGKILL mid-trial, rerun: exactly n_trials complete, the killed trial FAIL in Optuna and in MLflow."""
+    write_space(isolated, study={**TINY["study"], "n_trials": 2})
+    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=30"]
+    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        # wait until the first trial is training (its checkpoint of the first epoch exists)
+        while not list((isolated / "outputs" / "sweeps" / "tiny").glob("trial_0000/checkpoints/*.ckpt")):
+            assert proc.poll() is None and time.time() < deadline, "the sweep did not start training"
+            time.sleep(0.5)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(3.5)  # past the grace period: the trial's heartbeat has stopped
+    res = cli("sweep", "sweep=tiny", "trainer.max_epochs=2")
+    assert res.code == 0, res.err
+    study = load_study(isolated)
+    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"]
+    numbers = [t.number for t in study.trials]
+    assert numbers == sorted(set(numbers))
+    runs = {
+        r.data.tags.get("encoderlab.trial"): r
+        for r in all_runs(mlflow_client)
+        if "encoderlab.trial" in r.data.tags
+    }
+    assert runs["0"].info.status == "FAILED" and runs["0"].data.tags["encoderlab.trial_state"] == "FAIL"
+    assert runs["1"].info.status == runs["2"].info.status == "FINISHED"
+
+
+def test_two_workers_finish_exactly_n_trials_on_sqlite(cli, isolated):
+    write_space(isolated, study={**TINY["study"], "n_trials": 3})
+    res = cli("sweep", "sweep=tiny", "--workers", "2")
+    assert res.code == 0, res.err
+    study = load_study(isolated)
+    counted = [s for s in states(study) if s in ("COMPLETE", "PRUNED")]
+    assert len(counted) == 3
+    assert all(t.user_attrs.get("surplus") for t in study.trials if t.state.name == "FAIL")
