@@ -188,3 +188,23 @@ def test_two_workers_finish_exactly_n_trials_on_sqlite(cli, isolated):
     counted = [s for s in states(study) if s in ("COMPLETE", "PRUNED")]
     assert len(counted) == 3
     assert all(t.user_attrs.get("surplus") for t in study.trials if t.state.name == "FAIL")
+
+
+@pytest.mark.skipif(
+    not os.environ.get("ENCODERLAB_TEST_POSTGRES_URL"),
+    reason="no PostgreSQL server (.ci/run starts one and sets ENCODERLAB_TEST_POSTGRES_URL)",
+)
+def test_two_workers_finish_exactly_n_trials_on_postgresql(cli, isolated):
+    import uuid
+
+    import optuna
+
+    url = os.environ["ENCODERLAB_TEST_POSTGRES_URL"]
+    name = f"tiny_{uuid.uuid4().hex[:8]}"
+    write_space(isolated, study={**TINY["study"], "n_trials": 3, "storage": url, "study_name": name})
+    res = cli("sweep", "sweep=tiny", "--workers", "2")
+    assert res.code == 0, res.err
+    study = optuna.load_study(study_name=name, storage=url)
+    assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == 3
+    assert "encoderlab:***@" in res.err or "password" not in res.err  # the password is not logged
+    optuna.delete_study(study_name=name, storage=url)
