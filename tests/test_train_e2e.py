@@ -244,3 +244,27 @@ def test_multirun_with_a_failing_job_marks_the_parent_failed(cli, tiny_bert, mlf
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED"
     assert [r.info.status for r in runs if "mlflow.parentRunId" in r.data.tags] == ["FINISHED"]
+
+
+def test_reproduce_reruns_a_logged_run_to_identical_metrics(cli, tiny_bert, mlflow_client):
+    res = cli(
+        "train",
+        "experiment=trec_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=96",
+        "trainer.max_steps=6",
+        "analysis=none",
+        "probes=none",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    (old,) = all_runs(mlflow_client)
+    res = cli("reproduce", old.info.run_id)
+    assert res.code == 0, res.err
+    new = [r for r in all_runs(mlflow_client) if r.info.run_id != old.info.run_id]
+    assert len(new) == 1 and new[0].data.tags["reproduces"] == old.info.run_id
+    for name in ("test/accuracy", "test/loss", "test/f1_macro"):
+        assert new[0].data.metrics[name] == old.data.metrics[name], name  # same seed on CPU: identical
+    assert "| test/accuracy |" in res.out
+    res = cli("reproduce", "0" * 32)
+    assert res.code == 1 and "No MLflow run with id" in res.err

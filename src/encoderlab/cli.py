@@ -29,6 +29,8 @@ commands:
   table     mean ± std over seeds per configuration from MLflow runs (Markdown, LaTeX, CSV)
             encoderlab table --experiment sst2_grid --metrics test/accuracy,test/f1_macro
             encoderlab table --parent <sweep parent run id> --baseline model=minilm --plot results.png
+  reproduce rerun a logged run's exact config, print old vs new metrics (warns when the commit differs)
+            encoderlab reproduce <run-id>
 
 options:
   -h, --help     show this message
@@ -127,10 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         return _plain_command("predict", rest)
     if command == "sweep":
         return _plain_command("sweep", rest)
+    if command == "reproduce":
+        return _plain_command("reproduce", rest)
     if command == "table":
         return _plain_command("results_table", rest)
     print(
-        f"error: unknown command '{command}'. Commands: train, evaluate, predict, sweep, table. See `encoderlab --help`.",
+        f"error: unknown command '{command}'. Commands: train, evaluate, predict, sweep, table, reproduce. See `encoderlab --help`.",
         file=sys.stderr,
     )
     return 2

@@ -8,23 +8,7 @@ import logging
 import warnings
 from pathlib import Path
 
-import yaml
-
 log = logging.getLogger(__name__)
-
-# the groups whose chosen option best.yaml pins with `override /<group>: <option>`
-GROUPS = (
-    "model",
-    "tokenizer",
-    "dataset",
-    "trainer",
-    "optimizer",
-    "scheduler",
-    "logger",
-    "callbacks",
-    "analysis",
-    "probes",
-)
 
 
 def best_yaml(trial, path: Path, metric: str) -> Path:
@@ -34,6 +18,7 @@ def best_yaml(trial, path: Path, metric: str) -> Path:
     from omegaconf import OmegaConf, open_dict
 
     from encoderlab.config import conf_dir, register_configs
+    from encoderlab.reproduce import write_rerun_config
 
     overrides = trial.user_attrs["overrides"]
     register_configs()
@@ -44,15 +29,12 @@ def best_yaml(trial, path: Path, metric: str) -> Path:
         del cfg["hydra"]
         cfg.pop("output_dir", None)
     values = OmegaConf.to_container(cfg, resolve=True)
-    defaults = ["train", *({f"override /{g}": choices[g]} for g in GROUPS if choices.get(g)), "_self_"]
     header = (
         f"# Best trial {trial.number} of an encoderlab sweep: {metric} = {trial.value:.4f}\n"
         f"# Params: {json.dumps(trial.params)}\n"
         f"# Rerun exactly: encoderlab train --config-dir {path.parent.resolve()} --config-name {path.stem}\n"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump({"defaults": defaults, **values}, sort_keys=False))
-    return path
+    return write_rerun_config(values, dict(choices), path, header)
 
 
 def write_study_report(study, space, out_dir: Path) -> dict[str, Path]:
