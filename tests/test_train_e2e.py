@@ -268,3 +268,27 @@ def test_reproduce_reruns_a_logged_run_to_identical_metrics(cli, tiny_bert, mlfl
     assert "| test/accuracy |" in res.out
     res = cli("reproduce", "0" * 32)
     assert res.code == 1 and "No MLflow run with id" in res.err
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_under_one_parent(cli, tiny_bert, mlflow_client):
+    res = cli(
+        "train",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=hf",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=32",
+        "trainer.max_steps=1",
+        "analysis=none",
+        "probes=none",
+        "seed=1,2",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    runs = all_runs(mlflow_client)
+    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "grid"]
+    assert "JoblibLauncher" in parent.data.tags["encoderlab.launcher"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
+    assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
