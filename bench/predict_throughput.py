@@ -43,37 +43,10 @@ def load_texts(dataset: str, split: str, n: int) -> tuple[list[str], list[str]]:
     return list(data["text"]), [prepared.label_names[i] for i in data["labels"]]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--model", required=True, help="an exported model directory (HF family)")
-    parser.add_argument("--dataset", default="imdb")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--n", type=int, default=25000)
-    parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64, help="encoderlab predict --batch-size")
-    parser.add_argument(
-        "--precision", default="32", choices=("32", "bf16"), help="encoderlab predict --precision"
-    )
-    parser.add_argument("--pipeline-batch-size", type=int, default=1, help="1 is the pipeline's default")
-    args = parser.parse_args()
-
-    import torch
-    from transformers import pipeline
-
-    texts, labels = load_texts(args.dataset, args.split, args.n)
-    model = str(Path(args.model).resolve())
-    result: dict = {
-        "benchmark": f"predict_{args.dataset}_{len(texts)}",
-        "texts": len(texts),
-        "model": model,
-        "max_length": args.max_length,
-        "precision": args.precision,
-        "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-    }
-
+def run_predict(
+    args, model: str, texts: list[str], labels: list[str], precision: str
+) -> tuple[dict, pd.DataFrame]:
+    """`encoderlab predict` as a user runs it, timed from command to exit."""
     with tempfile.TemporaryDirectory() as work:
         src, out = Path(work) / "texts.parquet", Path(work) / "predictions.csv"
         pd.DataFrame({"text": texts}).to_parquet(src)
@@ -91,43 +64,90 @@ def main() -> None:
             "--max-length",
             str(args.max_length),
             "--precision",
-            args.precision,
+            precision,
         ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - start
-        ours = pd.read_csv(out)
+        frame = pd.read_csv(out)
     inner = float(re.search(r"\(([\d.]+) texts/s\)", proc.stderr).group(1))
-    result["encoderlab_predict"] = {
-        "command": " ".join(cmd[:2] + ["<model>"] + cmd[3:]),
+    return {
+        "command": " ".join(
+            cmd[:2] + ["<model>", "--file", "<texts.parquet>", "--output", "<csv>"] + cmd[8:]
+        ),
+        "precision": precision,
         "wall_seconds": round(wall, 1),
         "texts_per_second": round(len(texts) / wall, 2),  # including start-up and model loading
         "texts_per_second_inference": inner,
-        "accuracy": round(float(np.mean(ours["label"].to_numpy() == np.array(labels))), 4),
+        "accuracy": round(float(np.mean(frame["label"].to_numpy() == np.array(labels))), 4),
+    }, frame
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", required=True, help="an exported model directory (HF family)")
+    parser.add_argument("--dataset", default="imdb")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--n", type=int, default=25000)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=64, help="encoderlab predict --batch-size")
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["32"],
+        choices=("32", "bf16"),
+        help="encoderlab predict --precision (several: one run each)",
+    )
+    parser.add_argument("--pipeline-batch-size", type=int, default=1, help="1 is the pipeline's default")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import pipeline
+
+    texts, labels = load_texts(args.dataset, args.split, args.n)
+    model = str(Path(args.model).resolve())
+    result: dict = {
+        "benchmark": f"predict_{args.dataset}_{len(texts)}",
+        "texts": len(texts),
+        "model": model,
+        "max_length": args.max_length,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
-    print(json.dumps(result["encoderlab_predict"], indent=2), flush=True)
+
+    ours: dict[str, pd.DataFrame] = {}
+    for precision in args.precision:
+        result[f"encoderlab_predict_{precision}"], ours[precision] = run_predict(
+            args, model, texts, labels, precision
+        )
+        print(json.dumps(result[f"encoderlab_predict_{precision}"], indent=2), flush=True)
 
     clf = pipeline("text-classification", model=model, device="cpu")
     start = time.perf_counter()
     outs = clf(texts, truncation=True, max_length=args.max_length, batch_size=args.pipeline_batch_size)
     seconds = time.perf_counter() - start
-    theirs = [o["label"] for o in outs]
+    theirs = np.array([o["label"] for o in outs])
     result["transformers_pipeline"] = {
         "call": f'pipeline("text-classification", model, device="cpu")(texts, truncation=True, '
         f"max_length={args.max_length}, batch_size={args.pipeline_batch_size})",
+        "precision": "32",
         "seconds": round(seconds, 1),
         "texts_per_second": round(len(texts) / seconds, 2),
-        "accuracy": round(float(np.mean(np.array(theirs) == np.array(labels))), 4),
+        "accuracy": round(float(np.mean(theirs == np.array(labels))), 4),
     }
-    result["prediction_agreement"] = round(float(np.mean(ours["label"].to_numpy() == np.array(theirs))), 4)
-    result["speedup_vs_pipeline"] = round(
-        result["encoderlab_predict"]["texts_per_second"]
-        / result["transformers_pipeline"]["texts_per_second"],
-        2,
-    )
+    for precision, frame in ours.items():
+        entry = result[f"encoderlab_predict_{precision}"]
+        entry["prediction_agreement_with_pipeline"] = round(
+            float(np.mean(frame["label"].to_numpy() == theirs)), 4
+        )
+        entry["speedup_vs_pipeline"] = round(
+            entry["texts_per_second"] / result["transformers_pipeline"]["texts_per_second"], 2
+        )
+    result["speedup_vs_pipeline"] = result[f"encoderlab_predict_{args.precision[0]}"]["speedup_vs_pipeline"]
     RESULTS.mkdir(exist_ok=True)
-    suffix = "" if args.precision == "32" else f"_{args.precision}"
-    path = RESULTS / f"{result['benchmark']}{suffix}.json"
+    path = RESULTS / f"{result['benchmark']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

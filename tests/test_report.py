@@ -213,6 +213,8 @@ def test_predict_by_run_id_run_dir_and_model_dir_agree_with_logged_predictions(t
             str(out),
             "--tracking-uri",
             trained.tracking_uri,
+            "--precision",
+            "32",
             "--batch-size",
             "7",
         )

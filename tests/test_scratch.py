@@ -137,7 +137,17 @@ def test_exported_model_reloads_to_identical_predictions(cli, isolated):
 
     # `encoderlab predict` on the same directory: same probabilities, labels by name, in input order
     out = isolated / "predict.csv"
-    res = cli("predict", str(model_dir), *preds["text"], "--output", str(out), "--batch-size", "8")
+    res = cli(
+        "predict",
+        str(model_dir),
+        *preds["text"],
+        "--output",
+        str(out),
+        "--batch-size",
+        "8",
+        "--precision",
+        "32",
+    )
     assert res.code == 0, res.err
     got = pd.read_csv(out)
     assert (

@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--precision",
-        choices=("32", "bf16"),
-        default="32",
-        help="bf16: bfloat16 autocast (fast on CPUs with AVX512-BF16/AMX and on GPUs)",
+        choices=("auto", "32", "bf16"),
+        default="auto",
+        help="auto (default): bf16 autocast where the CPU (AVX512-BF16/AMX) or GPU runs it natively, else 32",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
@@ -146,12 +146,13 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import torch
 
-    from encoderlab.inference import predict_proba
+    from encoderlab.inference import predict_proba, resolve_precision
     from encoderlab.models.loading import load_model
 
     loaded = load_model(args.model, args.tracking_uri)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     max_length = min(args.max_length or loaded.max_length, loaded.max_positions)
+    precision = resolve_precision(args.precision, device)
     out = predict_proba(
         loaded.net,
         loaded.tokenizer,
@@ -159,7 +160,7 @@ def main(argv: list[str]) -> int:
         batch_size=args.batch_size,
         max_length=max_length,
         mc_dropout=args.mc_dropout,
-        precision=args.precision,
+        precision=precision,
         device=device,
         progress=not args.no_progress and len(texts) > args.batch_size,
     )
@@ -192,7 +193,8 @@ def main(argv: list[str]) -> int:
     counts = {lab: labels.count(lab) for lab in dict.fromkeys(labels)}
     rate = len(texts) / max(out.seconds, 1e-9)
     print(
-        f"{len(texts)} texts in {out.seconds:.2f} s ({rate:.1f} texts/s) on {device}; "
+        f"{len(texts)} texts in {out.seconds:.2f} s ({rate:.1f} texts/s) on {device}, "
+        f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}; "
         + ", ".join(f"{k}: {v}" for k, v in counts.items())
         + (f"; written to {args.output}" if args.output else "")
         + (
