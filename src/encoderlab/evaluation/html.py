@@ -20,6 +20,7 @@ th { background: #f3f5f7; } td.num { text-align: right; font-variant-numeric: ta
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
 .card .v { font-size: 1.5em; font-weight: 600; } .card .k { color: #666; font-size: 0.8em; }
 .figs { display: flex; flex-wrap: wrap; gap: 12px; } .figs img { max-width: 540px; border: 1px solid #eee; }
+.figs.wide img { max-width: 100%; }
 .pass { color: #1a7f37; font-weight: 600; } .fail { color: #cf222e; font-weight: 600; }
 td.text { max-width: 620px; }
 iframe { width: 100%; height: 520px; border: 1px solid #ddd; }
@@ -108,7 +109,7 @@ def render_report(
     if attention_figures:
         parts.append(
             "<h2>Attention</h2><p class='meta'>Attention weights show where the model looks, not "
-            "why it decides: read them beside the attributions below.</p><div class='figs'>"
+            "why it decides: read them beside the attributions below.</p><div class='figs wide'>"
         )
         parts += [_img(p, p.stem) for p in attention_figures]
         parts.append("</div>")

@@ -24,7 +24,7 @@ class ProbeResult:
     suite: str
     kind: str
     texts: list[str]
-    label: str | None  # the label whose probability is reported (None for invariant: the prediction's)
+    label: str  # the label whose probability is reported (invariant: the first text's prediction)
     probabilities: list[float]  # P(label) per text
     predictions: list[str]
     passed: bool
@@ -141,7 +141,7 @@ def run_probes(
         kind = suite["kind"]
         if kind == "invariant":
             shown = int(p[0].argmax())  # P(first text's prediction) for both
-            label, passed = None, preds[0] == preds[1]
+            label, passed = preds[0], preds[0] == preds[1]  # P(the first text's prediction) for both
             p_label = p[:, shown]
         else:
             p_label = p[:, index[str(label).lower()]]
