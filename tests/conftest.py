@@ -36,7 +36,7 @@ def session_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch, tiny_mirror, session_cache) -> Path:
+def isolated(tmp_path, monkeypatch, tiny_mirror, session_cache):
     """Each test runs in its own directory, offline, against the tiny mirror."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ENCODERLAB_DATA_DIR", str(tiny_mirror))
@@ -46,7 +46,14 @@ def isolated(tmp_path, monkeypatch, tiny_mirror, session_cache) -> Path:
         monkeypatch.setenv(var, "1")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    return tmp_path
+    yield tmp_path
+    # in-process Hydra runs attach console handlers to the captured (then closed) streams: drop them
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler:
+            root.removeHandler(handler)
 
 
 @dataclass

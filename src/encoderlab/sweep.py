@@ -501,11 +501,13 @@ def run_workers(n: int, argv: list[str]) -> None:
 def run_trials(study, space: Space, overrides: list[str], parent_id: str | None) -> None:
     """Run trials until n_trials are complete or pruned (counting every worker's)."""
     import optuna
+    from hydra.core.hydra_config import HydraConfig
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
     from encoderlab.train import train
 
+    HydraConfig.instance().cfg = None  # trials are not Hydra jobs: no stale job config from an earlier app
     target = space.study["n_trials"]
     failures = 0
     while True:

@@ -72,7 +72,7 @@ def default_run_name(cfg: DictConfig) -> str:
     from hydra.core.hydra_config import HydraConfig
 
     name = f"{cfg.experiment_name}-{datetime.now():%m%d-%H%M%S}-{secrets.token_hex(2)}"
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
+    if _in_multirun():
         name += f"-job{HydraConfig.get().job.num}"
     return name
 
@@ -90,7 +90,8 @@ PARENT_RUN_ENV = "ENCODERLAB_PARENT_RUN_ID"  # set by the multirun callback for 
 def _in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
 
-    return HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    mode = HydraConfig.get().mode if HydraConfig.initialized() else None
+    return mode is not None and mode.name == "MULTIRUN"
 
 
 def open_experiment(client, name: str, artifact_location: str | None, tracking_uri: str) -> str:
