@@ -14,19 +14,13 @@ log = logging.getLogger(__name__)
 def best_yaml(trial, path: Path, metric: str) -> Path:
     """A primary config that reruns the trial exactly:
     encoderlab train --config-dir <dir> --config-name best (same groups, same values)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    from encoderlab.config import conf_dir, register_configs
     from encoderlab.reproduce import write_rerun_config
+    from encoderlab.sweep import compose
 
-    overrides = trial.user_attrs["overrides"]
-    register_configs()
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "output_dir=unused"], return_hydra_config=True)
-    choices = cfg.hydra.runtime.choices
+    cfg, choices = compose(trial.user_attrs["overrides"])
     with open_dict(cfg):
-        del cfg["hydra"]
         cfg.pop("output_dir", None)
     values = OmegaConf.to_container(cfg, resolve=True)
     header = (

@@ -456,6 +456,9 @@ def main(argv: list[str]) -> int:
     study = open_study(space)
     url = storage_url(space.study)
     client, parent_id = parent_run(base_cfg, space, url)
+    from encoderlab.tracking import default_tracking_uri
+
+    tracking_uri = base_cfg.logger.tracking_uri or default_tracking_uri()
     log.info(
         "Study '%s' in %s: %d/%d trials complete or pruned",
         study.study_name,
@@ -467,7 +470,7 @@ def main(argv: list[str]) -> int:
     if args.workers > 1 and not args.worker:
         run_workers(args.workers, argv)
     else:
-        run_trials(study, space, overrides, parent_id)
+        run_trials(study, space, overrides, parent_id, tracking_uri)
     if args.worker:
         return 0
     best = finish_study(study, space, overrides, client, parent_id)
@@ -498,7 +501,7 @@ def run_workers(n: int, argv: list[str]) -> None:
         raise EncoderlabError(f"sweep workers exited with codes {codes}")
 
 
-def run_trials(study, space: Space, overrides: list[str], parent_id: str | None) -> None:
+def run_trials(study, space: Space, overrides: list[str], parent_id: str | None, tracking_uri: str) -> None:
     """Run trials until n_trials are complete or pruned (counting every worker's)."""
     import optuna
     from hydra.core.hydra_config import HydraConfig
@@ -513,7 +516,9 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None)
     while True:
         fail_stale_trials(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            _mark_trial_runs(parent_id, study.study_name, t.number, "FAILED", "FAIL", only_running=True)
+            _mark_trial_runs(
+                tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", only_running=True
+            )
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if counted(study) + running >= target:
             if running == 0 or counted(study) >= target:
@@ -542,12 +547,14 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None)
             except optuna.TrialPruned:
                 raise
             except KeyboardInterrupt:
-                _mark_trial_runs(parent_id, study.study_name, trial.number, "FAILED", "interrupted")
+                _mark_trial_runs(
+                    tracking_uri, parent_id, study.study_name, trial.number, "FAILED", "interrupted"
+                )
                 raise
             if best is None:
                 raise EncoderlabError(f"trial {trial.number}: no validation value of {space.study['metric']}")
             trial.set_user_attr("run_dir", str(out_dir.resolve()))
-            _mark_trial_runs(parent_id, study.study_name, trial.number, None, "COMPLETE")
+            _mark_trial_runs(tracking_uri, parent_id, study.study_name, trial.number, None, "COMPLETE")
             return best
 
         study.optimize(objective, n_trials=1, catch=(Exception,))
@@ -564,6 +571,7 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None)
 
 
 def _mark_trial_runs(
+    tracking_uri: str,
     parent_id: str | None,
     study_name: str,
     number: int,
@@ -575,9 +583,7 @@ def _mark_trial_runs(
         return
     from mlflow.tracking import MlflowClient
 
-    from encoderlab.tracking import default_tracking_uri
-
-    client = MlflowClient(default_tracking_uri())
+    client = MlflowClient(tracking_uri)
     runs = client.search_runs(
         [client.get_run(parent_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`encoderlab.trial` = '{number}'",
