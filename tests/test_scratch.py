@@ -206,3 +206,14 @@ def test_scratch_and_pretrained_runs_compare_in_one_experiment(cli, tiny_bert, m
     ]
     metrics = [{k for k in r.data.metrics if k.startswith("test/")} for r in runs]
     assert metrics[0] == metrics[1] and "test/accuracy" in metrics[0]
+
+
+def test_sinusoidal_tokens_are_not_drowned_by_positions():
+    """Token vectors enter at the scale of the sin/cos table, so the first block sees which token it is."""
+    from encoderlab.models.scratch import ScratchConfig, ScratchEncoder
+
+    net = ScratchEncoder(ScratchConfig(vocab_size=500, d_model=64, n_heads=4, positions="sinusoidal"))
+    tok = (net.tok_emb.weight[1:] * net.emb_scale).pow(2).mean().sqrt()
+    pos = net.pos_table[:64].pow(2).mean().sqrt()
+    assert 0.5 < float(tok / pos) < 2.0
+    assert float(net.tok_emb.weight[net.cfg.pad_token_id].abs().sum()) == 0.0

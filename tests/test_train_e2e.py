@@ -226,6 +226,46 @@ def test_multirun_grid_is_one_parent_run_with_a_child_per_job(cli, tiny_bert, ml
     assert res.code == 1 and "No MLflow experiment named 'nope'" in res.err
 
 
+def test_model_grid_across_families_through_the_model_mirror(
+    cli, tiny_bert, mlflow_client, monkeypatch, tmp_path
+):
+    """`-m model=minilm,scratch_tiny`: the pretrained config keeps its Hub id, found offline in
+    ENCODERLAB_MODEL_DIR; the table groups the children by model."""
+    mirror = tmp_path / "models" / "sentence-transformers"
+    mirror.mkdir(parents=True)
+    (mirror / "all-MiniLM-L6-v2").symlink_to(tiny_bert)
+    monkeypatch.setenv("ENCODERLAB_MODEL_DIR", str(tmp_path / "models"))
+    res = cli(
+        "train",
+        "-m",
+        "experiment=sst2_minilm",
+        "model=minilm,scratch_tiny",
+        "seed=1,2",
+        "dataset.max_train_samples=64",
+        "dataset.max_eval_samples=64",
+        "trainer.max_steps=2",
+        "analysis=none",
+        "probes=none",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    runs = all_runs(mlflow_client)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(runs) == 5 and len(children) == 4
+    assert all(c.info.status == "FINISHED" for c in runs)
+    hf = [c for c in children if c.data.params.get("model.name_or_path")]
+    assert len(hf) == 2 and {c.data.params["model.name_or_path"] for c in hf} == {
+        "sentence-transformers/all-MiniLM-L6-v2"
+    }
+    res = cli("table", "--experiment", "sst2_minilm", "--metrics", "test/accuracy", "--format", "csv")
+    assert res.code == 0, res.err
+    import io
+
+    table = pd.read_csv(io.StringIO(res.out))
+    assert len(table) == 2 and table["n"].tolist() == [2, 2]
+    assert sorted(table["group"]) == ["model=minilm", "model=scratch_tiny"]
+
+
 def test_multirun_with_a_failing_job_marks_the_parent_failed(cli, tiny_bert, mlflow_client):
     res = cli(
         "train",

@@ -38,6 +38,7 @@ options:
 
 environment:
   ENCODERLAB_DATA_DIR   offline dataset mirror: <dir>/<dataset.name>/<split>.parquet
+  ENCODERLAB_MODEL_DIR  offline model mirror: <dir>/<hub id>/ (a save_pretrained directory)
   MLFLOW_TRACKING_URI   tracking server or store (default sqlite:///outputs/mlflow.db)
 """
 

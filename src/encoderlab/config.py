@@ -140,6 +140,13 @@ class OptimizerConfig:
 
 
 @dataclass
+class LossConfig:
+    """Cross-entropy on the logits."""
+
+    label_smoothing: float = 0.0  # in [0, 1): mass spread over the other classes (regularises small data)
+
+
+@dataclass
 class SchedulerConfig:
     """Learning-rate schedule stepped once per optimizer step."""
 
@@ -245,6 +252,7 @@ class TrainConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)

@@ -31,6 +31,7 @@ IGNORED = (
     "dataset.num_workers",
 )
 IGNORED_PREFIXES = ("logger.", "hydra.")
+CHOICE_TAG = "tags.encoderlab.choice."  # the config-group options a run composed (tracking.py)
 
 
 @dataclass
@@ -80,17 +81,37 @@ def load_runs(client, experiments: list[str], parent: str | None, filter_string:
         raise EncoderlabError(f"MLflow could not search with filter {filter_string!r}: {ex}") from ex
     if "tags.encoderlab.sweep" in frame:  # parent runs carry no metrics of their own
         frame = frame[frame["tags.encoderlab.sweep"].isna()]
-    return frame.reset_index(drop=True)
+    frame = frame.reset_index(drop=True)
+    for col in [c for c in frame.columns if c.startswith(CHOICE_TAG)]:  # model=minilm etc. as a key
+        group = col.removeprefix(CHOICE_TAG)
+        if f"params.{group}" not in frame:
+            frame[f"params.{group}"] = frame[col]
+    return frame
+
+
+def _choice_groups(frame: pd.DataFrame) -> list[str]:
+    return [c.removeprefix(CHOICE_TAG) for c in frame.columns if c.startswith(CHOICE_TAG)]
 
 
 def varying_keys(frame: pd.DataFrame) -> list[str]:
-    """Config keys (params) whose values differ between the runs, bookkeeping keys excluded."""
+    """Config keys (params) whose values differ between the runs, bookkeeping keys excluded. When a
+    config group's option differs (model=minilm vs model=scratch_small), that option stands for all
+    the keys under the group."""
+
+    def varies(key: str) -> bool:
+        return f"params.{key}" in frame and frame[f"params.{key}"].fillna("<unset>").nunique() > 1
+
+    switched = [g for g in _choice_groups(frame) if g != "experiment" and varies(g)]
     keys = []
     for col in sorted(c for c in frame.columns if c.startswith("params.")):
         key = col.removeprefix("params.")
         if key in IGNORED or key.startswith(IGNORED_PREFIXES):
             continue
-        if frame[col].fillna("<unset>").nunique() > 1:
+        if key in _choice_groups(frame) and key not in switched:
+            continue
+        if any(key.startswith(f"{g}.") for g in switched):
+            continue
+        if varies(key):
             keys.append(key)
     return keys
 

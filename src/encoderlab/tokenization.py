@@ -73,6 +73,9 @@ def train_tokenizer(
 
 
 def _pretrained(source: str, model_cfg: DictConfig) -> PreTrainedTokenizerBase:
+    from encoderlab.models.hf_encoder import resolve_source
+
+    source = resolve_source(source)
     try:
         return AutoTokenizer.from_pretrained(
             source,

@@ -114,6 +114,21 @@ def open_experiment(client, name: str, artifact_location: str | None, tracking_u
         return exp.experiment_id
 
 
+def group_choice_tags() -> dict[str, str]:
+    """The config-group options this run composed (model=minilm, dataset=sst2, ...), as
+    `encoderlab.choice.<group>` tags: what `encoderlab table` groups runs by when a group varies."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {
+        f"encoderlab.choice.{group}": str(choice)
+        for group, choice in choices.items()
+        if choice is not None and not group.startswith("hydra") and "schema" not in group
+    }
+
+
 class TrackedRun:
     """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
 
@@ -165,6 +180,7 @@ class TrackedRun:
             tags.update(
                 {"mlflow.source.git.commit": git["commit"], "encoderlab.git_dirty": str(git["dirty"]).lower()}
             )
+        tags.update(group_choice_tags())
         tags.update(self.extra_tags)
         if self.parent_run_id:  # a trial of `encoderlab sweep`
             tags["mlflow.parentRunId"] = self.parent_run_id

@@ -167,7 +167,9 @@ def train(
         net = instantiate(
             cfg.model, num_labels=dm.num_labels, id2label=id2label, tokenizer=tokenizer, _convert_="all"
         )
-        module = SequenceClassifier(net, dm.label_names, cfg.optimizer, cfg.scheduler)
+        module = SequenceClassifier(
+            net, dm.label_names, cfg.optimizer, cfg.scheduler, label_smoothing=cfg.loss.label_smoothing
+        )
         n_params = sum(p.numel() for p in net.parameters())
         n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
         run.log_metrics({"model/parameters": n_params, "model/trainable_parameters": n_train})

@@ -34,7 +34,12 @@ class SequenceClassifier(L.LightningModule):
     train/*, val/*, test/*. After test: `test_probs` (N, C) in test-set order and `test_confusion`."""
 
     def __init__(
-        self, model: nn.Module, label_names: list[str], optimizer: DictConfig, scheduler: DictConfig
+        self,
+        model: nn.Module,
+        label_names: list[str],
+        optimizer: DictConfig,
+        scheduler: DictConfig,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["model"], logger=False)
@@ -42,6 +47,7 @@ class SequenceClassifier(L.LightningModule):
         self.label_names = list(label_names)
         self.optimizer_cfg = optimizer
         self.scheduler_cfg = scheduler
+        self.label_smoothing = label_smoothing
         n = len(self.label_names)
         self.train_metrics = ClassificationMetrics(n)
         self.val_metrics = ClassificationMetrics(n)
@@ -56,7 +62,8 @@ class SequenceClassifier(L.LightningModule):
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(batch).float()  # (B, C); float so bf16 autocast does not degrade the loss
-        loss = F.cross_entropy(logits, batch["labels"])
+        smoothing = self.label_smoothing if self.training else 0.0  # val/test report the plain loss
+        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=smoothing)
         return loss, logits.softmax(dim=-1).detach()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

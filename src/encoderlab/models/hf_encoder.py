@@ -17,6 +17,26 @@ from encoderlab.errors import EncoderlabError
 
 log = logging.getLogger(__name__)
 
+MODEL_DIR_ENV = "ENCODERLAB_MODEL_DIR"
+
+
+def resolve_source(name_or_path: str) -> str:
+    """Where `from_pretrained` should load a Hub id from: `$ENCODERLAB_MODEL_DIR/<id>` when that offline
+    mirror holds it (e.g. <dir>/sentence-transformers/all-MiniLM-L6-v2), else the id or path unchanged.
+    Configs keep the Hub id, so runs stay comparable with and without the mirror."""
+    import os
+
+    root = os.environ.get(MODEL_DIR_ENV)
+    if not root or Path(name_or_path).expanduser().exists():
+        return name_or_path
+    mirrored = Path(root).expanduser() / name_or_path
+    return (
+        str(mirrored)
+        if (mirrored / "config.json").is_file() or (mirrored / "tokenizer_config.json").is_file()
+        else name_or_path
+    )
+
+
 # config attributes that hold dropout probabilities, across BERT / RoBERTa / DistilBERT / ELECTRA / DeBERTa
 _DROPOUT_ATTRS = (
     "hidden_dropout_prob",
@@ -66,6 +86,7 @@ class HFEncoderClassifier(nn.Module):
     ) -> None:
         super().__init__()
         id2label = {int(k): v for k, v in (id2label or {i: str(i) for i in range(num_labels)}).items()}
+        name_or_path = resolve_source(name_or_path)
         try:
             config = AutoConfig.from_pretrained(
                 name_or_path,

@@ -153,6 +153,13 @@ class ScratchEncoder(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
         self.head = nn.Linear(cfg.d_model, cfg.num_labels)
         self.apply(self._init_weights)
+        # Fixed sin/cos positions have unit amplitude, so tokens use Vaswani et al.'s scale: init
+        # N(0, 1/C) times sqrt(C), i.e. unit-variance token vectors. With BERT's 0.02 init they would be
+        # ~35x smaller than the positions and barely move the first LayerNorm: training crawls.
+        self.emb_scale = math.sqrt(cfg.d_model) if cfg.positions == "sinusoidal" else 1.0
+        if cfg.positions == "sinusoidal":
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.d_model**-0.5)
+            self.tok_emb.weight.data[cfg.pad_token_id].zero_()
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -176,7 +183,7 @@ class ScratchEncoder(nn.Module):
             batch["attention_mask"].bool() if "attention_mask" in batch else ids != self.cfg.pad_token_id
         )  # (B, T)
         pos = self.pos_emb.weight[:T] if self.cfg.positions == "learned" else self.pos_table[:T]  # (T, C)
-        x = self.drop(self.tok_emb(ids) + pos)  # (B, T, C)
+        x = self.drop(self.tok_emb(ids) * self.emb_scale + pos)  # (B, T, C)
         maps = []
         for block in self.blocks:
             x, w = block(x, keep, return_attentions)
