@@ -83,6 +83,62 @@ def run_predict(
     }, frame
 
 
+def compare(
+    model: str,
+    texts: list[str],
+    labels: list[str],
+    max_length: int = 256,
+    precisions: list[str] = ("32",),
+    batch_size: int = 64,
+    pipeline_batch_size: int = 1,
+) -> dict:
+    """encoderlab predict (one run per precision) and the pipeline on the same texts."""
+    import torch
+    from transformers import pipeline
+
+    args = argparse.Namespace(batch_size=batch_size, max_length=max_length)
+    model = str(Path(model).resolve())
+    result: dict = {
+        "texts": len(texts),
+        "model": model,
+        "max_length": max_length,
+        "torch_threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "runs": {},
+    }
+    ours: dict[str, pd.DataFrame] = {}
+    for precision in precisions:
+        result["runs"][f"encoderlab_predict_{precision}"], ours[precision] = run_predict(
+            args, model, texts, labels, precision
+        )
+        print(json.dumps(result["runs"][f"encoderlab_predict_{precision}"], indent=2), flush=True)
+
+    clf = pipeline("text-classification", model=model, device="cpu")
+    start = time.perf_counter()
+    outs = clf(texts, truncation=True, max_length=max_length, batch_size=pipeline_batch_size)
+    seconds = time.perf_counter() - start
+    theirs = np.array([o["label"] for o in outs])
+    pipe = {
+        "call": f'pipeline("text-classification", model, device="cpu")(texts, truncation=True, '
+        f"max_length={max_length}, batch_size={pipeline_batch_size})",
+        "precision": "32",
+        "seconds": round(seconds, 1),
+        "texts_per_second": round(len(texts) / seconds, 2),
+        "accuracy": round(float(np.mean(theirs == np.array(labels))), 4),
+    }
+    result["runs"]["transformers_pipeline"] = pipe
+    for precision, frame in ours.items():
+        entry = result["runs"][f"encoderlab_predict_{precision}"]
+        entry["prediction_agreement_with_pipeline"] = round(
+            float(np.mean(frame["label"].to_numpy() == theirs)), 4
+        )
+        entry["speedup_vs_pipeline"] = round(entry["texts_per_second"] / pipe["texts_per_second"], 2)
+    result["speedup_vs_pipeline"] = result["runs"][f"encoderlab_predict_{precisions[0]}"][
+        "speedup_vs_pipeline"
+    ]
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,55 +153,25 @@ def main() -> None:
         "--precision",
         nargs="+",
         default=["32"],
-        choices=("32", "bf16"),
+        choices=("32", "bf16", "auto"),
         help="encoderlab predict --precision (several: one run each)",
     )
     parser.add_argument("--pipeline-batch-size", type=int, default=1, help="1 is the pipeline's default")
     args = parser.parse_args()
 
-    import torch
-    from transformers import pipeline
-
     texts, labels = load_texts(args.dataset, args.split, args.n)
-    model = str(Path(args.model).resolve())
-    result: dict = {
+    result = {
         "benchmark": f"predict_{args.dataset}_{len(texts)}",
-        "texts": len(texts),
-        "model": model,
-        "max_length": args.max_length,
-        "torch_threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        **compare(
+            args.model,
+            texts,
+            labels,
+            args.max_length,
+            args.precision,
+            args.batch_size,
+            args.pipeline_batch_size,
+        ),
     }
-
-    ours: dict[str, pd.DataFrame] = {}
-    for precision in args.precision:
-        result[f"encoderlab_predict_{precision}"], ours[precision] = run_predict(
-            args, model, texts, labels, precision
-        )
-        print(json.dumps(result[f"encoderlab_predict_{precision}"], indent=2), flush=True)
-
-    clf = pipeline("text-classification", model=model, device="cpu")
-    start = time.perf_counter()
-    outs = clf(texts, truncation=True, max_length=args.max_length, batch_size=args.pipeline_batch_size)
-    seconds = time.perf_counter() - start
-    theirs = np.array([o["label"] for o in outs])
-    result["transformers_pipeline"] = {
-        "call": f'pipeline("text-classification", model, device="cpu")(texts, truncation=True, '
-        f"max_length={args.max_length}, batch_size={args.pipeline_batch_size})",
-        "precision": "32",
-        "seconds": round(seconds, 1),
-        "texts_per_second": round(len(texts) / seconds, 2),
-        "accuracy": round(float(np.mean(theirs == np.array(labels))), 4),
-    }
-    for precision, frame in ours.items():
-        entry = result[f"encoderlab_predict_{precision}"]
-        entry["prediction_agreement_with_pipeline"] = round(
-            float(np.mean(frame["label"].to_numpy() == theirs)), 4
-        )
-        entry["speedup_vs_pipeline"] = round(
-            entry["texts_per_second"] / result["transformers_pipeline"]["texts_per_second"], 2
-        )
-    result["speedup_vs_pipeline"] = result[f"encoderlab_predict_{args.precision[0]}"]["speedup_vs_pipeline"]
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{result['benchmark']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

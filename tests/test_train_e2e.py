@@ -63,7 +63,11 @@ def test_run_is_recorded_in_mlflow(trained, mlflow_client, isolated):
     ):
         assert name in run.data.metrics, name
     assert run.data.metrics["perf/train_samples_seen"] == 400  # one epoch of max_train_samples
-    assert run.data.metrics["perf/train_samples_per_second"] > 0
+    m = run.data.metrics
+    assert m["perf/train_samples_per_second"] > 0 and m["perf/train_tokens_per_second"] > 0
+    assert 0 <= m["perf/padding_fraction"] < 1 and m["perf/val_samples_per_second"] > 0
+    assert 0 < m["perf/seconds_to_first_step"] < m["perf/fit_seconds"] + 600 and m["perf/peak_rss_mb"] > 100
+    assert m["perf/train_seconds"] < m["perf/fit_seconds"]  # periodic validation is not training time
     # tags
     tags = run.data.tags
     assert tags["encoderlab.version"] and tags["encoderlab.dataset_fingerprint"]
@@ -112,6 +116,32 @@ def test_logged_model_loads_with_pipeline(trained, mlflow_client, isolated):
     clf = pipeline("text-classification", model=model_dir)
     out = clf(["a moving and beautiful film", "dull , lifeless and far too long"])
     assert {o["label"] for o in out} <= {"negative", "positive"}
+
+
+def test_precision_auto_picks_bf16_only_where_the_cpu_has_it(cli, tiny_bert, mlflow_client):
+    import torch
+
+    from encoderlab.inference import cpu_supports_bf16
+
+    threads = torch.get_num_threads()
+    res = cli(
+        "train",
+        "model=hf",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=32",
+        "dataset.group_by_length=true",
+        "trainer.max_steps=2",
+        "trainer.precision=auto",
+        "trainer.num_threads=1",
+        "analysis=none",
+        "probes=none",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    (run,) = all_runs(mlflow_client)
+    assert run.data.tags["encoderlab.precision"] == ("bf16-mixed" if cpu_supports_bf16() else "32-true")
+    assert run.data.tags["encoderlab.num_threads"] == "1"
+    torch.set_num_threads(threads)  # the setting is process-wide: give the other tests their cores back
 
 
 def test_second_run_loads_tokenization_from_cache(cli, tiny_bert, mlflow_client):

@@ -99,8 +99,9 @@ class DatasetConfig:
     # batching
     batch_size: int = 8
     eval_batch_size: int = 32
-    group_by_length: bool = False
-    pad_to_multiple_of: int | None = None
+    group_by_length: bool = False  # train batches of similar length (less padding), batch order shuffled
+    sort_eval_by_length: bool = True  # validation/test batches in length order (results keep row order)
+    pad_to_multiple_of: int | None = None  # shape buckets for torch.compile / tensor cores
     num_workers: int = 0
     cache_dir: str | None = None  # tokenization cache; default $ENCODERLAB_CACHE_DIR or ~/.cache/encoderlab
 
@@ -111,7 +112,11 @@ class TrainerConfig:
 
     accelerator: str = "auto"
     devices: Any = 1
-    precision: str = "32"  # 32 | bf16-mixed | 16-mixed
+    precision: str = (
+        "32"  # 32 | bf16-mixed | 16-mixed | auto (bf16-mixed where the CPU/GPU runs bf16 natively)
+    )
+    num_threads: int | None = None  # CPU intra-op threads; None: torch's default (the physical cores)
+    compile: bool = False  # torch.compile the encoder; pair with dataset.pad_to_multiple_of to bound shapes
     max_epochs: int = 1
     max_steps: int = -1
     accumulate_grad_batches: int = 1
@@ -308,7 +313,7 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "model.positions": ("sinusoidal", "learned"),  # scratch encoder
     "model.norm": ("pre", "post"),
     "model.pooling": ("cls", "mean", "max"),
-    "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64"),
+    "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "auto"),
     "optimizer.name": ("adamw",),
     "scheduler.name": ("linear", "cosine", "constant"),
     "logger.backend": ("mlflow", "none"),

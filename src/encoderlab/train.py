@@ -33,12 +33,26 @@ from encoderlab.tracking import TrackedRun, flatten, resolved_config
 log = logging.getLogger(__name__)
 
 
+def training_precision(precision: str, accelerator: str) -> str:
+    """Lightning's precision for trainer.precision; 'auto' is bf16-mixed where the hardware has native
+    bf16 (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else 32."""
+    if precision != "auto":
+        return precision
+    from encoderlab.inference import resolve_precision
+
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if resolve_precision("auto", "cuda" if gpu else "cpu") == "bf16" else "32"
+
+
 def build_trainer(
     cfg: DictConfig, run_dir: Path, logger, extra_callbacks: list | None = None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning Trainer from cfg.trainer and cfg.callbacks (validation interval in optimizer steps)."""
     tc, cb = cfg.trainer, cfg.callbacks
-    if tc.accelerator == "cpu" and tc.precision == "16-mixed":
+    precision = training_precision(tc.precision, tc.accelerator)
+    if precision == "16-mixed" and not (
+        tc.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+    ):
         raise EncoderlabError("trainer.precision=16-mixed needs a CUDA GPU; on CPU use 32 or bf16-mixed.")
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -72,7 +86,7 @@ def build_trainer(
     trainer = L.Trainer(
         accelerator=tc.accelerator,
         devices=tc.devices,
-        precision=tc.precision,
+        precision=precision,
         max_epochs=tc.max_epochs,
         max_steps=tc.max_steps,
         accumulate_grad_batches=tc.accumulate_grad_batches,
@@ -89,6 +103,29 @@ def build_trainer(
         **optional,
     )
     return trainer, checkpoint
+
+
+def perf_metrics(module: SequenceClassifier, fit_seconds: float) -> dict[str, float]:
+    """Throughput of the fit: training alone (periodic validation excluded) and validation."""
+    import resource
+
+    import encoderlab
+
+    train_seconds = max(fit_seconds - module.val_seconds, 1e-9)
+    out = {
+        "perf/fit_seconds": fit_seconds,  # includes periodic validation
+        "perf/train_seconds": train_seconds,
+        "perf/train_samples_seen": module.train_samples_seen,
+        "perf/train_samples_per_second": module.train_samples_seen / train_seconds,
+        "perf/train_tokens_per_second": module.train_tokens_seen / train_seconds,  # real tokens, no pads
+        "perf/padding_fraction": 1 - module.train_tokens_seen / max(module.train_padded_tokens, 1),
+        "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    if module.val_seconds > 0:
+        out["perf/val_samples_per_second"] = module.val_samples_seen / module.val_seconds
+    if module.first_step_at is not None:  # from the start of the command to the first training batch
+        out["perf/seconds_to_first_step"] = module.first_step_at - encoderlab.STARTED_AT
+    return out
 
 
 def test_predictions(dm: TextClassificationDataModule, probs: torch.Tensor) -> pd.DataFrame:
@@ -119,6 +156,8 @@ def train(
     run_dir = Path(cfg.output_dir).resolve()
     _route_lightning_logs_through_hydra()
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.trainer.num_threads:  # set once, before any op has spun up the thread pool
+        torch.set_num_threads(cfg.trainer.num_threads)
 
     with TrackedRun(cfg, run_dir, parent_run_id=parent_run_id, tags=tags) as run:
         # ---- config --------------------------------------------------------------------------------
@@ -170,28 +209,35 @@ def train(
         module = SequenceClassifier(
             net, dm.label_names, cfg.optimizer, cfg.scheduler, label_smoothing=cfg.loss.label_smoothing
         )
+        if cfg.trainer.compile:  # the wrapper shares net's weights: export and analysis use net itself
+            module.model = torch.compile(net)
         n_params = sum(p.numel() for p in net.parameters())
         n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
         run.log_metrics({"model/parameters": n_params, "model/trainable_parameters": n_train})
 
         # ---- fit -----------------------------------------------------------------------------------
         trainer, checkpoint = build_trainer(cfg, run_dir, run.lightning_logger(), callbacks)
+        run.set_tags(
+            {
+                "encoderlab.precision": str(trainer.precision),
+                "encoderlab.num_threads": str(torch.get_num_threads()),
+            }
+        )
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         fit_seconds = time.perf_counter() - fit_start
-        run.log_metrics(
-            {
-                "perf/fit_seconds": fit_seconds,  # includes periodic validation
-                "perf/train_samples_per_second": module.train_samples_seen / max(fit_seconds, 1e-9),
-                "perf/train_samples_seen": module.train_samples_seen,
-            }
-        )
+        run.log_metrics(perf_metrics(module, fit_seconds))
 
         # ---- test with the best checkpoint ----------------------------------------------------------
         best = checkpoint.best_model_path or None
         if best is None:
             log.warning("No best checkpoint (no validation ran or fast_dev_run): testing the final weights.")
         trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=False)
+        order = dm.eval_order("test")
+        if module.test_probs is not None and order is not None and len(module.test_probs) == len(order):
+            unsorted = torch.empty_like(module.test_probs)
+            unsorted[torch.as_tensor(order)] = module.test_probs  # back to the test split's row order
+            module.test_probs = unsorted
         test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         if trainer.fast_dev_run:  # Lightning mutes loggers in fast_dev_run; keep the smoke test's numbers
             run.log_metrics(test_metrics)

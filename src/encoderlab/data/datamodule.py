@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -163,13 +164,30 @@ class TextClassificationDataModule(L.LightningDataModule):
         }
 
     # ---- loaders --------------------------------------------------------------------------------
+    def eval_order(self, split: str) -> list[int] | None:
+        """Row order of the validation/test loader: longest first when sort_eval_by_length, else None
+        (dataset order). Padding then only fills up to the longest row of similar-length neighbours."""
+        if not self.cfg.sort_eval_by_length:
+            return None
+        lengths = torch.as_tensor([len(ids) for ids in self.tokenized[split]["input_ids"]])
+        return torch.argsort(lengths, descending=True, stable=True).tolist()
+
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.tokenized[split]
-        common = {"collate_fn": self.collator, "num_workers": self.cfg.num_workers}
+        common = {
+            "collate_fn": self.collator,
+            "num_workers": self.cfg.num_workers,
+            "pin_memory": torch.cuda.is_available(),  # page-locked host batches copy to the GPU async
+            "persistent_workers": self.cfg.num_workers > 0,
+        }
         if train and self.cfg.group_by_length:
             lengths = [len(ids) for ids in ds["input_ids"]]
             sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=self.seed)
             return DataLoader(ds, batch_sampler=sampler, **common)
+        order = None if train else self.eval_order(split)
+        if order is not None:
+            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+            return DataLoader(ds, batch_sampler=batches, **common)
         return DataLoader(ds, batch_size=batch_size, shuffle=train, **common)
 
     def train_dataloader(self) -> DataLoader:

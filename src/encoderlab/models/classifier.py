@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import lightning as L
 import torch
@@ -55,7 +56,14 @@ class SequenceClassifier(L.LightningModule):
         self.test_probs: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
         self._test_batches: list[torch.Tensor] = []
-        self.train_samples_seen = 0  # for throughput (samples/s) reporting
+        # throughput bookkeeping, logged as perf/* by train.py
+        self.train_samples_seen = 0
+        self.train_tokens_seen = 0  # real (non-pad) tokens
+        self.train_padded_tokens = 0  # batch x length, padding included
+        self.first_step_at: float | None = None  # wall clock of the first training batch
+        self.val_seconds = 0.0
+        self.val_samples_seen = 0
+        self._val_started = 0.0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch)
@@ -67,8 +75,13 @@ class SequenceClassifier(L.LightningModule):
         return loss, logits.softmax(dim=-1).detach()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
         loss, probs = self._step(batch)
         self.train_samples_seen += len(probs)
+        if "attention_mask" in batch:
+            self.train_tokens_seen += int(batch["attention_mask"].sum())
+            self.train_padded_tokens += batch["attention_mask"].numel()
         self.train_metrics.update(probs, batch["labels"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(probs))
         return loss
@@ -77,8 +90,12 @@ class SequenceClassifier(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
         self.train_metrics.reset()
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_started = time.perf_counter()
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, probs = self._step(batch)
+        self.val_samples_seen += len(probs)
         self.val_metrics.update(probs, batch["labels"])
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(probs))
 
@@ -87,6 +104,7 @@ class SequenceClassifier(L.LightningModule):
         self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True)
         self.log_dict(metrics)
         self.val_metrics.reset()
+        self.val_seconds += time.perf_counter() - self._val_started
 
     def on_test_epoch_start(self) -> None:
         self._test_batches = []
@@ -111,7 +129,8 @@ class SequenceClassifier(L.LightningModule):
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for all params on GPU
+        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, **fused)
         total = int(self.trainer.estimated_stepping_batches)
         sch = self.scheduler_cfg
         warmup = sch.warmup_steps or math.ceil(sch.warmup_ratio * total)
