@@ -142,6 +142,7 @@ class OptimizerConfig:
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+    fused: bool = True  # torch's fused AdamW kernel (CPU and CUDA); false: the per-tensor loop
 
 
 @dataclass

