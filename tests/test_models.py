@@ -71,6 +71,7 @@ def test_no_weight_decay_on_biases_and_layernorm(tiny_bert):
     module._trainer = _Trainer()  # configure_optimizers reads the total step count from the trainer
     opt = module.configure_optimizers()["optimizer"]
     decay, no_decay = opt.param_groups
+    assert decay["fused"]  # the fused kernel is the default on CPU
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in module.named_parameters()}
     assert all(p.ndim >= 2 for p in decay["params"])

@@ -143,7 +143,7 @@ class SequenceClassifier(L.LightningModule):
         ]
         # fused: one kernel over all parameters instead of a loop of small ops. On a 2-core CPU it cuts
         # MiniLM's AdamW step from ~95 ms to ~18 ms, most of a short-sentence training step.
-        fp16_scaler = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        fp16_scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None) is not None
         fused = opt.get("fused", True) and self.device.type in ("cpu", "cuda") and not fp16_scaler
         optimizer = torch.optim.AdamW(
             groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=True if fused else None
