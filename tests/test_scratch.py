@@ -217,3 +217,7 @@ def test_sinusoidal_tokens_are_not_drowned_by_positions():
     pos = net.pos_table[:64].pow(2).mean().sqrt()
     assert 0.5 < float(tok / pos) < 2.0
     assert float(net.tok_emb.weight[net.cfg.pad_token_id].abs().sum()) == 0.0
+    plain = ScratchEncoder(
+        ScratchConfig(vocab_size=500, d_model=64, n_heads=4, positions="sinusoidal", scale_embeddings=False)
+    )
+    assert plain.emb_scale == 1.0 and abs(float(plain.tok_emb.weight[1:].std()) - 0.02) < 0.002

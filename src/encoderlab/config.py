@@ -52,6 +52,7 @@ class ScratchModelConfig:
     dropout: float = 0.1
     max_len: int = 512  # longest sequence the positions cover (>= dataset.max_length)
     positions: str = "sinusoidal"  # sinusoidal | learned
+    scale_embeddings: bool = True  # sinusoidal: token vectors at the positions' scale (x sqrt(d_model))
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
 

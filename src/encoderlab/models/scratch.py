@@ -33,6 +33,7 @@ class ScratchConfig:
     dropout: float = 0.1
     max_len: int = 512
     positions: str = "sinusoidal"  # sinusoidal | learned
+    scale_embeddings: bool = True  # with sinusoidal positions: tokens init N(0, 1/C), times sqrt(C)
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
     pad_token_id: int = 0
@@ -156,8 +157,9 @@ class ScratchEncoder(nn.Module):
         # Fixed sin/cos positions have unit amplitude, so tokens use Vaswani et al.'s scale: init
         # N(0, 1/C) times sqrt(C), i.e. unit-variance token vectors. With BERT's 0.02 init they would be
         # ~35x smaller than the positions and barely move the first LayerNorm: training crawls.
-        self.emb_scale = math.sqrt(cfg.d_model) if cfg.positions == "sinusoidal" else 1.0
-        if cfg.positions == "sinusoidal":
+        scaled = cfg.positions == "sinusoidal" and cfg.scale_embeddings
+        self.emb_scale = math.sqrt(cfg.d_model) if scaled else 1.0
+        if scaled:
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=cfg.d_model**-0.5)
             self.tok_emb.weight.data[cfg.pad_token_id].zero_()
 
