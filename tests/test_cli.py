@@ -49,6 +49,24 @@ def test_unknown_command(cli):
     assert res.code == 2 and "unknown command 'fly'" in res.err
 
 
+def test_train_help_answers_from_the_config_files_without_heavy_imports(tmp_path):
+    code = (
+        "import sys; from encoderlab.cli import main; rc = main(['train', '--help']);"
+        "heavy = [m for m in ('torch', 'lightning', 'transformers', 'hydra', 'mlflow') if m in sys.modules];"
+        "assert not heavy, heavy; sys.exit(rc)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "minilm*" in res.stdout
+    assert "scratch_small" in res.stdout and "trec_scratch" in res.stdout
+
+
+def test_train_help_full_is_hydras_with_the_composed_config(cli):
+    res = cli("train", "--help-full")
+    assert res.code == 0
+    assert "Powered by Hydra" in res.out and "experiment_name: encoderlab" in res.out
+
+
 def test_train_help_lists_config_groups(cli):
     res = cli("train", "--help")
     assert res.code == 0

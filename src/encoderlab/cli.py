@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from encoderlab import __version__
 
@@ -113,6 +114,54 @@ def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
     return 0
 
 
+def _package_conf_dir() -> Path:
+    """conf/ without importing the schemas (and Hydra) behind encoderlab.config."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parents[1] / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"encoderlab's config tree was not found next to {here}")
+
+
+def train_help(config_name: str = "train") -> str:
+    """`encoderlab train --help` from the config files alone: Hydra's generated help deep-copies the
+    whole config store once per group option (over a second); this answers in tens of milliseconds."""
+    import yaml
+
+    conf = _package_conf_dir()
+    defaults: dict[str, str] = {}
+    for entry in yaml.safe_load((conf / f"{config_name}.yaml").read_text()).get("defaults", []):
+        if isinstance(entry, dict):
+            defaults.update({str(k): str(v) for k, v in entry.items()})
+    lines = []
+    groups = sorted(d for d in conf.iterdir() if d.is_dir() and d.name != "hydra")
+    if config_name != "train":  # evaluate composes only some groups
+        groups = [g for g in groups if g.name in defaults]
+    for group in groups:
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        marked = [f"{o}*" if defaults.get(group.name) == o else o for o in options]
+        lines.append(f"  {group.name + ':':<11} {', '.join(marked)}")
+    launchers = sorted(f.stem for f in (conf / "hydra" / "launcher").glob("*.yaml"))
+    return f"""\
+encoderlab {config_name}: compose conf/{config_name}.yaml with your overrides and run it
+
+usage: encoderlab {config_name} [group=option ...] [key=value ...] [flags]
+
+config groups (pick one with group=option; * marks the default):
+{chr(10).join(lines)}
+
+flags:
+  -m, --multirun        a run per combination of comma-separated values (one MLflow parent run)
+  --cfg job             print the composed config and exit (--resolve to resolve interpolations)
+  --config-dir DIR      add a directory of your own groups and options
+  --help-full           Hydra's generated help, with the full composed config
+  --hydra-help          Hydra's own flags (launchers, logging, run directories)
+
+launchers (-m hydra/launcher=...): basic (default, sequential), joblib (parallel processes), {", ".join(launchers)}
+config tree: {conf}
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -122,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]
+    own_dirs = any(a.startswith(("--config-dir", "-cd")) for a in rest)  # their groups: Hydra's help
+    if command in ("train", "evaluate") and rest[:1] in (["-h"], ["--help"]) and not own_dirs:
+        print(train_help(command))
+        return 0
+    if "--help-full" in rest:  # Hydra's own generated help
+        rest = ["--help" if a == "--help-full" else a for a in rest]
     if command == "train":
         return run_hydra(rest, "train", _task, "encoderlab train")
     if command == "evaluate":
