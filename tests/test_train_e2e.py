@@ -362,3 +362,19 @@ def test_joblib_launcher_runs_jobs_in_parallel_under_one_parent(cli, tiny_bert, 
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(c.data.params["seed"] for c in children) == ["1", "2"]
     assert all(c.info.status == "FINISHED" for c in children) and parent.info.status == "FINISHED"
+
+
+def test_early_stopping_with_max_steps_ending_mid_epoch(cli, mlflow_client):
+    """max_steps may end training before the first validation: early stopping must not crash the run."""
+    res = cli(
+        "train",
+        "experiment=trec_scratch",
+        "dataset.max_train_samples=128",
+        "trainer.max_steps=2",
+        "analysis=none",
+        "probes=none",
+        *FAST,
+    )
+    assert res.code == 0, res.err
+    (run,) = all_runs(mlflow_client)
+    assert run.info.status == "FINISHED" and "test/accuracy" in run.data.metrics

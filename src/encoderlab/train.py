@@ -67,7 +67,13 @@ def build_trainer(
     if cb.early_stopping.enabled:
         es = cb.early_stopping
         callbacks.append(
-            EarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
+            EarlyStopping(
+                monitor=es.monitor,
+                mode=es.mode,
+                patience=es.patience,
+                min_delta=es.min_delta,
+                check_on_train_epoch_end=False,  # judge after validations only (max_steps may end mid-epoch)
+            )
         )
     if cb.lr_monitor and logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
