@@ -65,6 +65,7 @@ CASES: dict[str, dict] = {
         ],
         "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 32)],
         "padmax_target": 5.0,
+        "variants": {"encoderlab": ["model.freeze_embeddings=true"], "encoderlab_all_params": []},
     },
     "imdb": {
         "overrides": [
@@ -76,6 +77,7 @@ CASES: dict[str, dict] = {
         ],
         "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 32)],
         "padmax_target": 2.0,
+        "variants": {"encoderlab": ["model.freeze_embeddings=true"], "encoderlab_all_params": []},
     },
     "imdb_scratch": {
         "overrides": [
@@ -88,6 +90,7 @@ CASES: dict[str, dict] = {
         ],
         "hf_recipes": [("padmax", 8), ("dynpad", 8)],
         "padmax_target": 2.0,
+        "variants": {"encoderlab": []},  # a random-init model trains every weight
     },
 }
 QUICK = ["dataset.max_train_samples=48", "dataset.max_eval_samples=32"]  # --quick: a smoke test of the bench
@@ -336,13 +339,20 @@ def run_case(name: str, model: str, quick: bool = False) -> dict:
             },
         )
         print(f"[{name}] {label}: {rows[label]['train_samples_per_second']:.1f} samples/s", file=sys.stderr)
-    print(f"[{name}] encoderlab ...", file=sys.stderr, flush=True)
-    el_overrides = [*overrides, *ENCODERLAB_LEVERS]
-    rows["encoderlab"] = _spawn("encoderlab", {"overrides": el_overrides, "started_at": time.time()})
-    el, pad, dyn = rows["encoderlab"], rows["hf_padmax_bs8"], rows["hf_dynpad_bs8"]
-    print(f"[{name}] encoderlab: {el['train_samples_per_second']:.1f} samples/s", file=sys.stderr)
+    pad, dyn = rows["hf_padmax_bs8"], rows["hf_dynpad_bs8"]
+    commands = {}
+    for label, extra in case["variants"].items():
+        print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
+        commands[label] = [*overrides, *ENCODERLAB_LEVERS, *extra]
+        rows[label] = r = _spawn("encoderlab", {"overrides": commands[label], "started_at": time.time()})
+        r["speedup_vs_hf_padmax"] = r["train_samples_per_second"] / pad["train_samples_per_second"]
+        r["speedup_vs_hf_dynpad_bs8"] = r["train_samples_per_second"] / dyn["train_samples_per_second"]
+        r["val_acc_delta_vs_hf_dynpad_bs8"] = r["val_accuracy"] - dyn["val_accuracy"]
+        print(f"[{name}] {label}: {r['train_samples_per_second']:.1f} samples/s", file=sys.stderr)
+    el = rows["encoderlab"]
     return {
-        "command": "encoderlab train " + " ".join(el_overrides),
+        "command": "encoderlab train " + " ".join(commands["encoderlab"]),
+        "variant_overrides": case["variants"],
         "runs": rows,
         "speedup_vs_hf_padmax": el["train_samples_per_second"] / pad["train_samples_per_second"],
         "speedup_vs_hf_dynpad_bs8": el["train_samples_per_second"] / dyn["train_samples_per_second"],
@@ -365,6 +375,8 @@ def markdown(results: dict) -> str:
         if name == "predict":
             continue
         for label, r in case["runs"].items():
+            if label in case.get("variant_overrides", {}) and case["variant_overrides"][label]:
+                label = f"{label} ({' '.join(case['variant_overrides'][label])})"
             lines.append(
                 f"| {name} | {label} | {r['train_samples_per_second']:.1f} | {r['train_tokens_per_second']:.0f} "
                 f"| {r['padding_fraction']:.0%} | {r['seconds_to_first_step']:.1f} "

@@ -50,7 +50,9 @@ def study_summary(url: str, name: str, wall: float) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sweep", default="trec_scratch")
     parser.add_argument("--preset", default=None, help="experiment preset to compare (default: --sweep)")
     parser.add_argument("--n-trials", type=int, default=20)
@@ -113,6 +115,7 @@ def main() -> None:
             "preset": preset,
             "preset_seeds": dict(zip(map(str, RETEST_SEEDS), preset_scores, strict=False)),
             "preset_mean": preset_mean,
+            "preset_wall_seconds": round(preset_wall, 1),
             "gain_points": 100 * (winner["mean"] - preset_mean),
         },
         "work_dir": str(work),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
@@ -136,3 +137,33 @@ def test_early_stopping_ends_training_when_the_metric_stalls(cli, tiny_bert, mlf
     (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("sst2_minilm").experiment_id])
     assert len(mlflow_client.get_metric_history(run.info.run_id, "val/accuracy")) == 2  # of 12 scheduled
     assert max(m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train/loss_step")) < 10
+
+
+def test_gradient_clipping_rescales_only_over_the_limit(tiny_bert):
+    """The CPU clipping path (norm first, rescale only when over) matches torch's clip_grad_norm_."""
+    module = SequenceClassifier(
+        _net(tiny_bert),
+        ["a", "b", "c"],
+        OmegaConf.create({"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8}),
+        OmegaConf.create({"name": "linear", "warmup_steps": 0, "warmup_ratio": 0.0}),
+    )
+
+    class _Trainer:
+        precision_plugin = None
+
+    module._trainer = _Trainer()
+    params = [p for p in module.parameters() if p.requires_grad]
+    for scale, expect_clipped in ((100.0, True), (1e-4, False)):
+        torch.manual_seed(0)
+        for p in params:
+            p.grad = torch.randn_like(p) * scale
+        reference = [p.grad.clone() for p in params]
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)  # torch's result, in place
+        expected = [p.grad.clone() for p in params]
+        for p, g in zip(params, reference, strict=True):
+            p.grad = g.clone()
+        module.configure_gradient_clipping(None, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        total = torch.nn.utils.get_total_norm([p.grad for p in params])
+        assert (float(total) == pytest.approx(1.0, rel=1e-4)) == expect_clipped
+        for p, e in zip(params, expected, strict=True):
+            torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-8)

@@ -130,7 +130,12 @@ class SequenceClassifier(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         elif gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
-        else:
+        elif self.device.type == "cpu":  # rescale only when over the limit: same result, one pass fewer
+            params = [p for p in self.parameters() if p.grad is not None]
+            total = torch.nn.utils.get_total_norm([p.grad for p in params])
+            if total > gradient_clip_val:
+                torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, total)
+        else:  # on a GPU the comparison would sync every step: always rescale (by min(1, max/norm))
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def configure_optimizers(self):
