@@ -406,6 +406,7 @@ def main() -> None:
         "--predict-model", help="fine-tuned model dir for the predict case (default: train one)"
     )
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/speed_<device>.json)")
+    parser.add_argument("--merge", action="store_true", help="update these cases in an existing --out JSON")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the bench runs end to end")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -434,6 +435,10 @@ def main() -> None:
     }
     out = args.out or RESULTS / f"speed_{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.merge and out.is_file():  # rerun some cases, keep the others' results
+        previous = json.loads(out.read_text())
+        results["cases"] = previous["cases"]
+        results["command"] = f"{previous['command']}; then {results['command']}"
     start = time.perf_counter()
     for name in args.cases:
         if name == "predict":
