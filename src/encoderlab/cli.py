@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from encoderlab import __version__
 
@@ -114,21 +113,14 @@ def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
     return 0
 
 
-def _package_conf_dir() -> Path:
-    """conf/ without importing the schemas (and Hydra) behind encoderlab.config."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"encoderlab's config tree was not found next to {here}")
-
-
 def train_help(config_name: str = "train") -> str:
     """`encoderlab train --help` from the config files alone: Hydra's generated help deep-copies the
     whole config store once per group option (over a second); this answers in tens of milliseconds."""
     import yaml
 
-    conf = _package_conf_dir()
+    from encoderlab.paths import conf_dir
+
+    conf = conf_dir()
     defaults: dict[str, str] = {}
     for entry in yaml.safe_load((conf / f"{config_name}.yaml").read_text()).get("defaults", []):
         if isinstance(entry, dict):

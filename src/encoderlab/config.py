@@ -8,20 +8,12 @@ This module imports only the standard library, omegaconf and hydra.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-def conf_dir() -> Path:
-    """The packaged config tree: `encoderlab/conf` in a wheel, `<repo>/conf` in an editable install."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"encoderlab's config tree was not found next to {here}")
+from encoderlab.paths import conf_dir  # noqa: F401  (re-exported for callers of encoderlab.config)
 
 
 @dataclass
