@@ -28,14 +28,20 @@ def test_presets_listed():
     } <= set(PRESETS)
 
 
-def test_help_answers_without_torch_or_lightning(tmp_path):
+def _run_without(argv: list[str], heavy: tuple[str, ...], cwd) -> subprocess.CompletedProcess:
+    """`encoderlab <argv>` in a fresh interpreter that fails if any of `heavy` got imported."""
     code = (
-        "import sys; from encoderlab.cli import main; rc = main(['--help']);"
-        "heavy = [m for m in ('torch', 'lightning', 'transformers', 'datasets', 'mlflow') if m in sys.modules];"
+        f"import sys; from encoderlab.cli import main; rc = main({argv!r});"
+        f"heavy = [m for m in {heavy!r} if m in sys.modules];"
         "assert not heavy, heavy; sys.exit(rc)"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd)
     assert res.returncode == 0, res.stderr
+    return res
+
+
+def test_help_answers_without_torch_or_lightning(tmp_path):
+    res = _run_without(["--help"], ("torch", "lightning", "transformers", "datasets", "mlflow"), tmp_path)
     assert "encoderlab train" in res.stdout
 
 
@@ -50,13 +56,9 @@ def test_unknown_command(cli):
 
 
 def test_train_help_answers_from_the_config_files_without_heavy_imports(tmp_path):
-    code = (
-        "import sys; from encoderlab.cli import main; rc = main(['train', '--help']);"
-        "heavy = [m for m in ('torch', 'lightning', 'transformers', 'hydra', 'mlflow') if m in sys.modules];"
-        "assert not heavy, heavy; sys.exit(rc)"
+    res = _run_without(
+        ["train", "--help"], ("torch", "lightning", "transformers", "hydra", "mlflow"), tmp_path
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert res.returncode == 0, res.stderr
     assert "minilm*" in res.stdout
     assert "scratch_small" in res.stdout and "trec_scratch" in res.stdout
 

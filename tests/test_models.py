@@ -58,13 +58,18 @@ def test_schedule_warms_up_then_decays():
     assert lr_lambda("constant", warmup=5, total=100)(80) == 1.0
 
 
-def test_no_weight_decay_on_biases_and_layernorm(tiny_bert):
-    module = SequenceClassifier(
+def _module(tiny_bert, weight_decay: float) -> SequenceClassifier:
+    """A 3-class SequenceClassifier over the tiny BERT, AdamW at lr 1e-3, linear schedule, no warmup."""
+    return SequenceClassifier(
         _net(tiny_bert),
         ["a", "b", "c"],
-        OmegaConf.create({"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.999], "eps": 1e-8}),
+        OmegaConf.create({"lr": 1e-3, "weight_decay": weight_decay, "betas": [0.9, 0.999], "eps": 1e-8}),
         OmegaConf.create({"name": "linear", "warmup_steps": 0, "warmup_ratio": 0.0}),
     )
+
+
+def test_no_weight_decay_on_biases_and_layernorm(tiny_bert):
+    module = _module(tiny_bert, weight_decay=0.1)
 
     class _Trainer:
         estimated_stepping_batches = 100
@@ -141,12 +146,7 @@ def test_early_stopping_ends_training_when_the_metric_stalls(cli, tiny_bert, mlf
 
 def test_gradient_clipping_rescales_only_over_the_limit(tiny_bert):
     """The CPU clipping path (norm first, rescale only when over) matches torch's clip_grad_norm_."""
-    module = SequenceClassifier(
-        _net(tiny_bert),
-        ["a", "b", "c"],
-        OmegaConf.create({"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8}),
-        OmegaConf.create({"name": "linear", "warmup_steps": 0, "warmup_ratio": 0.0}),
-    )
+    module = _module(tiny_bert, weight_decay=0.0)
 
     class _Trainer:
         precision_plugin = None

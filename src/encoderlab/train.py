@@ -118,13 +118,14 @@ def perf_metrics(module: SequenceClassifier, fit_seconds: float) -> dict[str, fl
     import encoderlab
 
     train_seconds = max(fit_seconds - module.val_seconds, 1e-9)
+    tokens = float(module.train_tokens_seen)
     out = {
         "perf/fit_seconds": fit_seconds,  # includes periodic validation
         "perf/train_seconds": train_seconds,
         "perf/train_samples_seen": module.train_samples_seen,
         "perf/train_samples_per_second": module.train_samples_seen / train_seconds,
-        "perf/train_tokens_per_second": module.train_tokens_seen / train_seconds,  # real tokens, no pads
-        "perf/padding_fraction": 1 - module.train_tokens_seen / max(module.train_padded_tokens, 1),
+        "perf/train_tokens_per_second": tokens / train_seconds,  # real tokens, no pads
+        "perf/padding_fraction": 1 - tokens / max(module.train_padded_tokens, 1),
         "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     if module.val_seconds > 0:

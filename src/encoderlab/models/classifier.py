@@ -80,7 +80,8 @@ class SequenceClassifier(L.LightningModule):
         loss, probs = self._step(batch)
         self.train_samples_seen += len(probs)
         if "attention_mask" in batch:
-            self.train_tokens_seen += int(batch["attention_mask"].sum())
+            # a tensor sum, read once after fit: int() here would sync a GPU every step
+            self.train_tokens_seen = self.train_tokens_seen + batch["attention_mask"].sum().detach()
             self.train_padded_tokens += batch["attention_mask"].numel()
         self.train_metrics.update(probs, batch["labels"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(probs))
