@@ -394,6 +394,38 @@ def test_batches_are_dynamically_padded(tokenizer, tmp_path):
     assert max(widths) <= 64 and min(widths) < 64 and len(set(widths)) > 1
 
 
+def test_word_dropout_replaces_real_training_tokens_with_unk_only(tokenizer, tmp_path):
+    common = ("dataset=trec", "dataset.batch_size=64", f"dataset.cache_dir={tmp_path}")
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    plain, dropped = (
+        _datamodule(tokenizer, *common),
+        _datamodule(tokenizer, *common, "dataset.word_dropout=0.3"),
+    )
+    special = set(tokenizer.all_special_ids)
+    unk = tokenizer.unk_token_id
+    n_real = n_dropped = 0
+    train_batch = next(iter(dropped.train_dataloader()))
+    rows = {tuple(r) for r in dropped.tokenized["train"]["input_ids"]}
+    for ids, mask in zip(train_batch["input_ids"], train_batch["attention_mask"], strict=True):
+        real = ids[mask.bool()].tolist()
+        assert real[0] == tokenizer.cls_token_id and real[-1] == tokenizer.sep_token_id  # specials kept
+        assert (ids[~mask.bool()] == tokenizer.pad_token_id).all()  # padding kept
+        # the row it came from: same length, equal wherever the token is not [UNK]
+        match = [
+            r
+            for r in rows
+            if len(r) == len(real) and all(x in (y, unk) for x, y in zip(real, r, strict=True))
+        ]
+        assert match, "a dropped row must differ from a training row only by [UNK]s"
+        inner = [t for t in real if t not in special or t == unk]
+        n_real += len(inner)
+        n_dropped += sum(t == unk for t in real)
+    assert 0.2 < n_dropped / n_real < 0.4  # about word_dropout of the real words
+    for a, b in zip(plain.val_dataloader(), dropped.val_dataloader(), strict=True):
+        assert torch.equal(a["input_ids"], b["input_ids"])  # validation is never dropped
+
+
 def test_group_by_length_pads_less(tokenizer, tmp_path):
     common = (
         "dataset=imdb",

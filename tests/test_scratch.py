@@ -184,7 +184,7 @@ def test_scratch_tokenizer_is_trained_once_per_data_and_settings(cli, mlflow_cli
         for r in runs
     ]
     assert [s["cache_hit"] for s in summaries] == [False, True, False]
-    assert [s["kind"] for s in summaries] == ["wordpiece", "wordpiece", "bpe"]
+    assert [s["kind"] for s in summaries] == ["wordlevel", "wordlevel", "bpe"]
     assert all(s["vocab_size_actual"] <= 700 for s in summaries)
 
 
@@ -221,3 +221,26 @@ def test_sinusoidal_tokens_are_not_drowned_by_positions():
         ScratchConfig(vocab_size=500, d_model=64, n_heads=4, positions="sinusoidal", scale_embeddings=False)
     )
     assert plain.emb_scale == 1.0 and abs(float(plain.tok_emb.weight[1:].std()) - 0.02) < 0.002
+
+
+def test_wordlevel_tokenizer_keeps_frequent_words_whole_and_maps_the_rest_to_unk():
+    from encoderlab.tokenization import train_tokenizer
+
+    texts = [
+        "What is the capital of France ?",
+        "What is a dog ?",
+        "Who wrote Hamlet ?",
+        "Who is the capital man ?",
+    ]
+    tok = train_tokenizer(texts, "wordlevel", vocab_size=100, min_frequency=2)
+    assert tok.convert_ids_to_tokens(tok("What is the antigen ?")["input_ids"]) == [
+        "[CLS]",
+        "what",
+        "is",
+        "the",
+        "[UNK]",
+        "?",
+        "[SEP]",
+    ]  # 'antigen' unseen, 'france' seen once: both [UNK]; nothing split into pieces
+    assert tok.convert_ids_to_tokens(tok("Paris France")["input_ids"])[1:-1] == ["[UNK]", "[UNK]"]
+    assert tok.pad_token_id == 0 and tok.mask_token_id is not None

@@ -53,7 +53,7 @@ class ScratchModelConfig:
 class TokenizerConfig:
     """auto: the checkpoint's own tokenizer, or WordPiece trained on the train split for scratch models."""
 
-    kind: str = "auto"  # auto | pretrained | wordpiece | bpe
+    kind: str = "auto"  # auto | pretrained | wordpiece | bpe | wordlevel
     name_or_path: str | None = None  # pretrained: a Hub id or directory (default: the model's)
     vocab_size: int = 8000
     min_frequency: int = 2
@@ -95,6 +95,9 @@ class DatasetConfig:
     group_by_length: bool = False  # train batches of similar length (less padding), batch order shuffled
     sort_eval_by_length: bool = True  # validation/test batches in length order (results keep row order)
     pad_to_multiple_of: int | None = None  # shape buckets for torch.compile / tensor cores
+    word_dropout: float = (
+        0.0  # in [0, 1): chance a training token becomes [UNK] (pairs with tokenizer=wordlevel)
+    )
     num_workers: int = 0
     cache_dir: str | None = None  # tokenization cache; default $ENCODERLAB_CACHE_DIR or ~/.cache/encoderlab
 
@@ -303,7 +306,7 @@ SCHEMAS: dict[str, type] = {
 
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "split": ("test", "validation", "train"),  # encoderlab evaluate
-    "tokenizer.kind": ("auto", "pretrained", "wordpiece", "bpe"),
+    "tokenizer.kind": ("auto", "pretrained", "wordpiece", "bpe", "wordlevel"),
     "model.positions": ("sinusoidal", "learned"),  # scratch encoder
     "model.norm": ("pre", "post"),
     "model.pooling": ("cls", "mean", "max"),

@@ -27,7 +27,10 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # [PAD] first: 
 def train_tokenizer(
     texts: Iterable[str], kind: str, vocab_size: int, min_frequency: int = 2, lowercase: bool = True
 ) -> PreTrainedTokenizerFast:
-    """Train a WordPiece or byte-level BPE tokenizer that adds [CLS] ... [SEP] like BERT."""
+    """Train a WordPiece, byte-level BPE or word-level tokenizer that adds [CLS] ... [SEP] like BERT.
+
+    wordlevel keeps whole words seen at least `min_frequency` times and maps every other word to [UNK],
+    as the word-vocabulary CNN/LSTM baselines do: an unseen word carries no spurious sub-word signal."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     if kind == "wordpiece":
@@ -51,9 +54,16 @@ def train_tokenizer(
             special_tokens=SPECIAL_TOKENS,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
+    elif kind == "wordlevel":
+        tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS
+        )
     else:
         raise EncoderlabError(
-            f"Config error: bad value for 'tokenizer.kind': {kind!r}. Allowed: auto, pretrained, wordpiece, bpe."
+            f"Config error: bad value for 'tokenizer.kind': {kind!r}. Allowed: auto, pretrained, wordpiece, bpe, wordlevel."
         )
     tok.train_from_iterator(texts, trainer)
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

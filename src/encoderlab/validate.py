@@ -123,6 +123,8 @@ def _check_training(cfg: DictConfig) -> None:
         _fail("trainer.val_every_n_steps", tr.val_every_n_steps, "null (once per epoch) or an integer >= 1")
     if cfg.optimizer.lr <= 0:
         _fail("optimizer.lr", cfg.optimizer.lr, "a positive float")
+    if not 0 <= cfg.dataset.word_dropout < 1:
+        _fail("dataset.word_dropout", cfg.dataset.word_dropout, "a float in [0, 1)")
     if not 0 <= cfg.loss.label_smoothing < 1:
         _fail("loss.label_smoothing", cfg.loss.label_smoothing, "a float in [0, 1)")
     if not 0 <= cfg.scheduler.warmup_ratio < 1:

@@ -20,6 +20,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from encoderlab.data.loading import load_raw_splits
 from encoderlab.data.sampler import LengthGroupedBatchSampler
 from encoderlab.data.splits import PreparedSplits, prepare_splits
+from encoderlab.data.word_dropout import WordDropoutCollator
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class TextClassificationDataModule(L.LightningDataModule):
         """The tokenizer may depend on the prepared train split (a scratch model trains its own)."""
         self.tokenizer = tokenizer
         self.collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=self.cfg.pad_to_multiple_of)
+        self.train_collator = self.collator
+        if self.cfg.get("word_dropout", 0.0) > 0:
+            self.train_collator = WordDropoutCollator(self.collator, tokenizer, self.cfg.word_dropout)
 
     # ---- building -------------------------------------------------------------------------------
     @property
@@ -175,7 +179,7 @@ class TextClassificationDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         ds = self.tokenized[split]
         common = {
-            "collate_fn": self.collator,
+            "collate_fn": self.train_collator if train else self.collator,
             "num_workers": self.cfg.num_workers,
             "pin_memory": torch.cuda.is_available(),  # page-locked host batches copy to the GPU async
             "persistent_workers": self.cfg.num_workers > 0,
