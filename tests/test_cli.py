@@ -96,7 +96,7 @@ def test_cfg_job_prints_full_config_for_every_preset(cli, preset):
     assert cfg["model"]["_target_"].startswith("encoderlab.models.") and cfg["dataset"]["name"]
     if preset.endswith("_scratch"):  # a from-scratch encoder trains its tokenizer on the train split
         assert cfg["model"]["d_model"] % cfg["model"]["n_heads"] == 0
-        assert cfg["tokenizer"]["kind"] in ("wordpiece", "bpe")
+        assert cfg["tokenizer"]["kind"] in ("wordpiece", "bpe", "wordlevel")
     else:
         assert cfg["model"]["name_or_path"]
     assert cfg["optimizer"]["lr"] > 0
