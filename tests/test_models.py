@@ -45,6 +45,24 @@ def test_dropout_checkpointing_and_attention_options(tiny_bert):
     assert cfg._attn_implementation == "eager"
 
 
+def test_auto_attention_is_eager_for_cpu_training_only_and_gives_the_same_logits(tiny_bert):
+    net = _net(tiny_bert, dropout=0.0)  # attn_implementation defaults to auto
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    batch = dict(tok(["one short text", "and another, longer text"], padding=True, return_tensors="pt"))
+    train_logits = net(batch)
+    assert net.hf_model.config._attn_implementation == "eager"  # a CPU training step
+    net.eval()
+    with torch.inference_mode():
+        eval_logits = net(batch)
+    assert net.hf_model.config._attn_implementation == "sdpa"  # inference stays on SDPA
+    torch.testing.assert_close(train_logits.detach(), eval_logits, atol=1e-5, rtol=1e-5)  # same math
+    net.train()
+    assert net._attention_for(torch.ones(2, 300, dtype=torch.long)) == "sdpa"  # past the crossover
+    pinned = _net(tiny_bert, attn_implementation="sdpa")
+    pinned(batch)
+    assert pinned.hf_model.config._attn_implementation == "sdpa"  # an explicit choice is kept
+
+
 def test_schedule_warms_up_then_decays():
     linear = lr_lambda("linear", warmup=10, total=100)
     assert linear(0) < linear(5) < linear(9) <= 1.0
