@@ -244,3 +244,23 @@ def test_wordlevel_tokenizer_keeps_frequent_words_whole_and_maps_the_rest_to_unk
     ]  # 'antigen' unseen, 'france' seen once: both [UNK]; nothing split into pieces
     assert tok.convert_ids_to_tokens(tok("Paris France")["input_ids"])[1:-1] == ["[UNK]", "[UNK]"]
     assert tok.pad_token_id == 0 and tok.mask_token_id is not None
+
+
+def test_explicit_and_sdpa_attention_compute_the_same_thing():
+    """attention=auto trains on CPU through the explicit softmax(QK^T)V path (faster there); it must
+    give the same logits and gradients as SDPA, padding included."""
+    batch = _padded(SENTENCE, 12)
+    out = {}
+    for attention in ("sdpa", "explicit", "auto"):
+        model = _model(attention=attention, dropout=0.0).train()
+        logits = model(batch)
+        logits.sum().backward()
+        out[attention] = (logits.detach(), model.tok_emb.weight.grad.clone())
+    for attention in ("explicit", "auto"):
+        torch.testing.assert_close(out[attention][0], out["sdpa"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[attention][1], out["sdpa"][1], atol=1e-5, rtol=1e-5)
+    auto = _model(attention="auto").train()
+    assert auto.blocks[0].attn._explicit(torch.zeros(1, 12, 32))  # a CPU training step
+    assert not auto.eval().blocks[0].attn._explicit(torch.zeros(1, 12, 32))  # inference: SDPA
+    with pytest.raises(ConfigError, match="model.attention"):
+        ScratchConfig(attention="flash")

@@ -49,6 +49,7 @@ class ScratchModelConfig:
     scale_embeddings: bool = True  # sinusoidal: token vectors at the positions' scale (x sqrt(d_model))
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
+    attention: str = "auto"  # auto (SDPA; explicit for CPU training up to 1024 tokens) | sdpa | explicit
 
 
 @dataclass
@@ -312,6 +313,7 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "model.positions": ("sinusoidal", "learned"),  # scratch encoder
     "model.norm": ("pre", "post"),
     "model.pooling": ("cls", "mean", "max"),
+    "model.attention": ("auto", "sdpa", "explicit"),
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "auto"),
     "optimizer.name": ("adamw",),
     "scheduler.name": ("linear", "cosine", "constant"),
