@@ -10,6 +10,10 @@ and writes bench/results/sweep_<name>.json: per study the trials complete/pruned
 validation per epoch = one Optuna intermediate value), the best validation value and wall time; the
 epoch ratio and best-value gap between the two; the winner's test accuracy over 3 fresh seeds against the
 preset's over the same seeds.
+
+--reuse-none URL copies a finished `<name>_none` study from another storage instead of running step 2
+again (38 min for trec_scratch here), for when only the pruner's settings changed; its wall time is
+taken from its trials' timestamps.
 """
 
 from __future__ import annotations
@@ -51,6 +55,18 @@ def study_summary(url: str, name: str, wall: float) -> dict:
     }
 
 
+def copy_study(from_url: str, to_url: str, name: str) -> float:
+    """Copy a finished study into this work dir's storage; its wall time from the trials' timestamps."""
+    import optuna
+
+    source = optuna.load_study(study_name=name, storage=from_url)
+    if name not in optuna.get_all_study_names(to_url):
+        optuna.copy_study(from_study_name=name, from_storage=from_url, to_storage=to_url)
+    trials = [t for t in source.trials if t.datetime_start and t.datetime_complete]
+    start = min(t.datetime_start for t in trials)
+    return (max(t.datetime_complete for t in trials) - start).total_seconds()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -59,6 +75,7 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="experiment preset to compare (default: --sweep)")
     parser.add_argument("--n-trials", type=int, default=20)
     parser.add_argument("--work", type=Path, help="work directory (default: a fresh temporary one)")
+    parser.add_argument("--reuse-none", default=None, help="storage URL of a finished <name>_none study")
     parser.add_argument("extra", nargs="*", help="overrides for every trial and run")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix=f"sweep_{args.sweep}_"))
@@ -68,7 +85,10 @@ def main() -> None:
     sweep = ["encoderlab", "sweep", f"sweep={args.sweep}", f"n_trials={args.n_trials}", *args.extra]
 
     hb_wall = run([*sweep, "pruner=hyperband", f"study_name={args.sweep}_hyperband", "--retest", "1,3"], work)
-    none_wall = run([*sweep, "pruner=none", f"study_name={args.sweep}_none"], work)
+    if args.reuse_none:
+        none_wall = copy_study(args.reuse_none, url, f"{args.sweep}_none")
+    else:
+        none_wall = run([*sweep, "pruner=none", f"study_name={args.sweep}_none"], work)
     seeds = ",".join(map(str, RETEST_SEEDS))
     preset_wall = run(
         [
@@ -99,7 +119,8 @@ def main() -> None:
         "benchmark": f"sweep_{args.sweep}",
         "commands": [
             " ".join([*sweep, "pruner=hyperband", f"study_name={args.sweep}_hyperband", "--retest", "1,3"]),
-            " ".join([*sweep, "pruner=none", f"study_name={args.sweep}_none"]),
+            " ".join([*sweep, "pruner=none", f"study_name={args.sweep}_none"])
+            + (f"  (reused: copied from {args.reuse_none})" if args.reuse_none else ""),
             f"encoderlab train -m experiment={preset} seed={seeds} analysis=none probes=none",
         ],
         "hyperband": hb,

@@ -129,6 +129,15 @@ def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
             "Could not open the study storage",
         ),
         ({"study": {"n_trials": 2, "colour": "blue"}}, "unknown study key 'colour'"),
+        (
+            {"study": {"pruner": "hyperband", "pruner_args": {"reduction": 4}}},
+            "study.pruner_args has 'reduction', which the hyperband pruner does not take. Allowed: min_resource",
+        ),
+        (
+            {"study": {"pruner": "hyperband", "pruner_args": {"reduction_factor": 1}}},
+            "reduction_factor must be an integer >= 2, got 1",
+        ),
+        ({"study": {"sampler": "tpe", "sampler_args": [5]}}, "study.sampler_args must be a mapping"),
     ],
 )
 def test_bad_search_space_fails_before_any_training(cli, isolated, changes, message):
@@ -143,6 +152,34 @@ def test_bad_search_space_fails_before_any_training(cli, isolated, changes, mess
         import optuna
 
         assert all(s.n_trials == 0 for s in optuna.get_all_study_summaries(f"sqlite:///{db}"))
+
+
+def test_sampler_and_pruner_args_reach_optuna_and_follow_their_pruner(isolated):
+    """study.pruner_args configure the space's pruner; naming another pruner on the command line drops
+    them (they belong to the pruner they were written for) unless pruner_args is given there too."""
+    from encoderlab.sweep import apply_study_args, load_space, make_pruner, make_sampler
+
+    write_space(
+        isolated,
+        study={
+            **TINY["study"],
+            "sampler": "tpe",
+            "pruner": "hyperband",
+            "pruner_args": {"max_resource": 15, "reduction_factor": 4},
+        },
+    )
+    space = load_space("tiny")
+    pruner = make_pruner(space.study["pruner"], space.study["pruner_args"])
+    assert pruner._reduction_factor == 4 and pruner._max_resource == 15
+    apply_study_args(space, {"sampler_args": "{n_startup_trials: 3}"})
+    assert make_sampler("tpe", 0, space.params, space.study["sampler_args"])._n_startup_trials == 3
+    apply_study_args(space, {"pruner": "hyperband"})  # the same pruner: its args stay
+    assert space.study["pruner_args"] == {"max_resource": 15, "reduction_factor": 4}
+    apply_study_args(space, {"pruner": "median"})
+    assert space.study["pruner_args"] == {}
+    assert make_pruner("median", {})._n_startup_trials == 5  # encoderlab's default kept
+    apply_study_args(space, {"pruner": "median", "pruner_args": "{n_startup_trials: 2}"})
+    assert make_pruner("median", space.study["pruner_args"])._n_startup_trials == 2
 
 
 def test_unknown_sweep_name_lists_the_available_ones(cli, isolated):

@@ -40,6 +40,8 @@ STUDY_KEYS = (
     "n_trials",
     "sampler",
     "pruner",
+    "sampler_args",  # keyword arguments of the optuna sampler, e.g. {n_startup_trials: 5}
+    "pruner_args",  # keyword arguments of the optuna pruner, e.g. {reduction_factor: 4}
     "storage",
     "study_name",
     "seed",
@@ -93,6 +95,8 @@ def load_space(name: str) -> Space:
         "n_trials": 20,
         "sampler": "tpe",
         "pruner": "median",
+        "sampler_args": {},
+        "pruner_args": {},
         "storage": None,
         "study_name": path.stem,
         "seed": 42,
@@ -149,6 +153,44 @@ def check_space(space: Space) -> None:
         raise ConfigError(
             f"{where}: the grid sampler needs categorical params only (list the values as choices)."
         )
+    for kind in ("sampler", "pruner"):
+        check_optuna_args(where, kind, space)
+
+
+def check_optuna_args(where: str, kind: str, space: Space) -> None:
+    """study.<kind>_args must be keyword arguments the named optuna sampler/pruner accepts, with values
+    its constructor takes (built once here, so a bad value fails before any trial)."""
+    import inspect
+
+    name, args = space.study[kind], space.study[f"{kind}_args"]
+    if args is None:
+        space.study[f"{kind}_args"] = args = {}
+    if not isinstance(args, dict):
+        raise ConfigError(f"{where}: study.{kind}_args must be a mapping, got {args!r}.")
+    factory = _SAMPLERS[name] if kind == "sampler" else _PRUNERS[name]
+    allowed = [
+        n for n in inspect.signature(factory()).parameters if n not in ("self", "seed", "search_space")
+    ]
+    unknown = sorted(set(args) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"{where}: study.{kind}_args has {', '.join(map(repr, unknown))}, which the {name} {kind} does not "
+            f"take. Allowed: {', '.join(allowed) or 'none'}."
+        )
+    # optuna checks these lazily (at the first pruning decision), so here, before any trial
+    rf = args.get("reduction_factor", 2)
+    if not isinstance(rf, int) or rf < 2:
+        raise ConfigError(f"{where}: study.{kind}_args reduction_factor must be an integer >= 2, got {rf!r}.")
+    for key in ("min_resource", "max_resource"):
+        value = args.get(key, "auto")
+        if value != "auto" and (not isinstance(value, int) or value < 1):
+            raise ConfigError(
+                f"{where}: study.{kind}_args {key} must be 'auto' or an integer >= 1, got {value!r}."
+            )
+    try:
+        make_sampler(name, 0, space.params, args) if kind == "sampler" else make_pruner(name, args)
+    except (TypeError, ValueError) as ex:
+        raise ConfigError(f"{where}: study.{kind}_args {args} rejected by the {name} {kind}: {ex}") from ex
 
 
 def check_keys(space: Space, cfg) -> None:
@@ -201,27 +243,44 @@ def _override(key: str, value: Any) -> str:
 
 
 # ---- study plumbing ------------------------------------------------------------------------------------
-def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]]):
-    import optuna
+def _optuna_class(kind: str, name: str):
+    def factory():
+        import optuna
 
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return getattr(getattr(optuna, kind), name)
+
+    return factory
+
+
+_SAMPLERS = {
+    "tpe": _optuna_class("samplers", "TPESampler"),
+    "random": _optuna_class("samplers", "RandomSampler"),
+    "grid": _optuna_class("samplers", "GridSampler"),
+    "cmaes": _optuna_class("samplers", "CmaEsSampler"),
+}
+_PRUNERS = {
+    "median": _optuna_class("pruners", "MedianPruner"),
+    "successive_halving": _optuna_class("pruners", "SuccessiveHalvingPruner"),
+    "hyperband": _optuna_class("pruners", "HyperbandPruner"),
+    "none": _optuna_class("pruners", "NopPruner"),
+}
+# encoderlab's defaults where they differ from optuna's; study.<kind>_args override them
+SAMPLER_DEFAULTS = {
+    "tpe": {"multivariate": True, "group": True},
+    "cmaes": {"warn_independent_sampling": False},
+}
+PRUNER_DEFAULTS = {"median": {"n_startup_trials": 5, "n_warmup_steps": 2}}
+
+
+def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: dict | None = None):
+    kwargs = {**SAMPLER_DEFAULTS.get(name, {}), **(args or {}), "seed": seed}
     if name == "grid":
-        return optuna.samplers.GridSampler({k: list(s["choices"]) for k, s in params.items()}, seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True)
+        return _SAMPLERS[name]()({k: list(s["choices"]) for k, s in params.items()}, **kwargs)
+    return _SAMPLERS[name]()(**kwargs)
 
 
-def make_pruner(name: str):
-    import optuna
-
-    return {
-        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
-        "successive_halving": lambda: optuna.pruners.SuccessiveHalvingPruner(),
-        "hyperband": lambda: optuna.pruners.HyperbandPruner(),
-        "none": lambda: optuna.pruners.NopPruner(),
-    }[name]()
+def make_pruner(name: str, args: dict | None = None):
+    return _PRUNERS[name]()(**{**PRUNER_DEFAULTS.get(name, {}), **(args or {})})
 
 
 def storage_url(study: dict[str, Any]) -> str:
@@ -251,8 +310,13 @@ def open_study(space: Space):
         study_name=space.study["study_name"],
         storage=storage,
         direction=space.study["direction"],
-        sampler=make_sampler(space.study["sampler"], space.study["seed"] + os.getpid() % 1000, space.params),
-        pruner=make_pruner(space.study["pruner"]),
+        sampler=make_sampler(
+            space.study["sampler"],
+            space.study["seed"] + os.getpid() % 1000,
+            space.params,
+            space.study["sampler_args"],
+        ),
+        pruner=make_pruner(space.study["pruner"], space.study["pruner_args"]),
         load_if_exists=True,
     )
     if study.direction.name.lower() != space.study["direction"]:
@@ -416,18 +480,26 @@ def compose(overrides: list[str], output_dir: Path | None = None):
     return cfg, choices
 
 
+YAML_STUDY_KEYS = ("n_trials", "seed", "heartbeat_interval", "grace_period", "sampler_args", "pruner_args")
+
+
+def apply_study_args(space: Space, study_args: dict[str, str]) -> None:
+    """Command-line study settings (`n_trials=50 pruner=none ...`) over the space's, then re-checked."""
+    written_for = {kind: space.study[kind] for kind in ("sampler", "pruner")}
+    for key, value in study_args.items():
+        space.study[key] = yaml.safe_load(value) if key in YAML_STUDY_KEYS else value
+    for kind, name in written_for.items():  # the space's args belong to the space's sampler/pruner
+        if space.study[kind] != name and f"{kind}_args" not in study_args:
+            space.study[f"{kind}_args"] = {}
+    check_space(space)
+
+
 def main(argv: list[str]) -> int:
     from encoderlab.errors import format_config_error
 
     args, study_args, train_overrides = parse(argv)
     space = load_space(study_args.pop("sweep"))
-    for key, value in study_args.items():
-        space.study[key] = (
-            yaml.safe_load(value)
-            if key in ("n_trials", "seed", "heartbeat_interval", "grace_period")
-            else value
-        )
-    check_space(space)
+    apply_study_args(space, study_args)
     overrides = [
         "analysis=none",
         "probes=none",
