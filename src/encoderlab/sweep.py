@@ -273,10 +273,16 @@ PRUNER_DEFAULTS = {"median": {"n_startup_trials": 5, "n_warmup_steps": 2}}
 
 
 def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: dict | None = None):
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
     kwargs = {**SAMPLER_DEFAULTS.get(name, {}), **(args or {}), "seed": seed}
-    if name == "grid":
-        return _SAMPLERS[name]()({k: list(s["choices"]) for k, s in params.items()}, **kwargs)
-    return _SAMPLERS[name]()(**kwargs)
+    with warnings.catch_warnings():  # TPE's multivariate/group are "experimental" since optuna 2.2
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        if name == "grid":
+            return _SAMPLERS[name]()({k: list(s["choices"]) for k, s in params.items()}, **kwargs)
+        return _SAMPLERS[name]()(**kwargs)
 
 
 def make_pruner(name: str, args: dict | None = None):
