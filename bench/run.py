@@ -100,6 +100,13 @@ CASES: dict[str, dict] = {
         "variants": {"encoderlab": []},  # a random-init model trains every weight
     },
 }
+# GPU cases: the seed recipe (fp32), dynamic padding and HF Trainer bf16, all batch 8, vs encoderlab
+GPU_COMPARISON = {
+    "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 8, "bf16")],
+    "padmax_target": 3.0,
+    "bf16_target": 1.3,
+    "variants": {"encoderlab": []},
+}
 CASES["gpu_bert_base"] = {
     "overrides": [  # + the synthetic data and random-weight model made by gpu_bert_base_setup()
         "model=bert_base",
@@ -111,13 +118,9 @@ CASES["gpu_bert_base"] = {
         "optimizer.lr=5e-5",
         "experiment_name=bench_gpu_bert_base",
     ],
-    "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 8, "bf16")],
-    "padmax_target": 3.0,
-    "bf16_target": 1.3,
-    "variants": {"encoderlab": []},
+    **GPU_COMPARISON,
 }
 CASES["gpu_minilm"] = {
-    **CASES["imdb"],
     "overrides": [
         "experiment=imdb_minilm",
         "dataset.max_train_samples=4000",
@@ -125,10 +128,7 @@ CASES["gpu_minilm"] = {
         "dataset.max_length=256",
         "optimizer.lr=5e-5",
     ],
-    "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 8, "bf16")],
-    "padmax_target": 3.0,
-    "bf16_target": 1.3,
-    "variants": {"encoderlab": []},
+    **GPU_COMPARISON,
 }
 # dense bf16 tensor-core peak of the card (vendor datasheets, SXM parts), for MFU
 BF16_PEAK_TFLOPS = {"H200": 989.5, "H100": 989.5, "A100": 312.0, "L40S": 362.1, "A10G": 70.0, "L4": 121.0}
