@@ -31,8 +31,8 @@ from encoderlab.errors import ConfigError, EncoderlabError
 
 log = logging.getLogger("encoderlab.sweep")
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("median", "successive_halving", "hyperband", "none")
+SAMPLERS = ("tpe", "random", "grid", "cmaes")  # see SAMPLER_CLASSES
+PRUNERS = ("median", "successive_halving", "hyperband", "none")  # see PRUNER_CLASSES
 PARAM_TYPES = ("float", "int", "categorical")
 STUDY_KEYS = (
     "direction",
@@ -167,10 +167,8 @@ def check_optuna_args(where: str, kind: str, space: Space) -> None:
         space.study[f"{kind}_args"] = args = {}
     if not isinstance(args, dict):
         raise ConfigError(f"{where}: study.{kind}_args must be a mapping, got {args!r}.")
-    factory = _SAMPLERS[name] if kind == "sampler" else _PRUNERS[name]
-    allowed = [
-        n for n in inspect.signature(factory()).parameters if n not in ("self", "seed", "search_space")
-    ]
+    signature = inspect.signature(optuna_class(kind, name))
+    allowed = [n for n in signature.parameters if n not in ("self", "seed", "search_space")]
     unknown = sorted(set(args) - set(allowed))
     if unknown:
         raise ConfigError(
@@ -243,27 +241,30 @@ def _override(key: str, value: Any) -> str:
 
 
 # ---- study plumbing ------------------------------------------------------------------------------------
-def _optuna_class(kind: str, name: str):
-    def factory():
-        import optuna
-
-        return getattr(getattr(optuna, kind), name)
-
-    return factory
-
-
-_SAMPLERS = {
-    "tpe": _optuna_class("samplers", "TPESampler"),
-    "random": _optuna_class("samplers", "RandomSampler"),
-    "grid": _optuna_class("samplers", "GridSampler"),
-    "cmaes": _optuna_class("samplers", "CmaEsSampler"),
+# optuna class names (optuna is imported only when a study is built: it is slow to import)
+SAMPLER_CLASSES = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "grid": "GridSampler",
+    "cmaes": "CmaEsSampler",
 }
-_PRUNERS = {
-    "median": _optuna_class("pruners", "MedianPruner"),
-    "successive_halving": _optuna_class("pruners", "SuccessiveHalvingPruner"),
-    "hyperband": _optuna_class("pruners", "HyperbandPruner"),
-    "none": _optuna_class("pruners", "NopPruner"),
+PRUNER_CLASSES = {
+    "median": "MedianPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "none": "NopPruner",
 }
+
+
+def optuna_class(kind: str, name: str):
+    """The optuna sampler (kind="sampler") or pruner class that `name` stands for."""
+    import optuna
+
+    if kind == "sampler":
+        return getattr(optuna.samplers, SAMPLER_CLASSES[name])
+    return getattr(optuna.pruners, PRUNER_CLASSES[name])
+
+
 # encoderlab's defaults where they differ from optuna's; study.<kind>_args override them
 SAMPLER_DEFAULTS = {
     "tpe": {"multivariate": True, "group": True},
@@ -281,12 +282,12 @@ def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: 
     with warnings.catch_warnings():  # TPE's multivariate/group are "experimental" since optuna 2.2
         warnings.simplefilter("ignore", ExperimentalWarning)
         if name == "grid":
-            return _SAMPLERS[name]()({k: list(s["choices"]) for k, s in params.items()}, **kwargs)
-        return _SAMPLERS[name]()(**kwargs)
+            return optuna_class("sampler", name)({k: list(s["choices"]) for k, s in params.items()}, **kwargs)
+        return optuna_class("sampler", name)(**kwargs)
 
 
 def make_pruner(name: str, args: dict | None = None):
-    return _PRUNERS[name]()(**{**PRUNER_DEFAULTS.get(name, {}), **(args or {})})
+    return optuna_class("pruner", name)(**{**PRUNER_DEFAULTS.get(name, {}), **(args or {})})
 
 
 def storage_url(study: dict[str, Any]) -> str:
