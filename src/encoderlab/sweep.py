@@ -104,9 +104,8 @@ def load_space(name: str) -> Space:
         "grace_period": 120,
         **(raw.get("study") or {}),
     }
-    space = Space(path.stem, path, [str(o) for o in raw.get("base") or []], study, raw.get("params") or {})
-    check_space(space)
-    return space
+    # checked once, after the command line's study settings (apply_study_args), which may mend it
+    return Space(path.stem, path, [str(o) for o in raw.get("base") or []], study, raw.get("params") or {})
 
 
 def check_space(space: Space) -> None:
