@@ -264,3 +264,27 @@ def test_explicit_and_sdpa_attention_compute_the_same_thing():
     assert not auto.eval().blocks[0].attn._explicit(torch.zeros(1, 12, 32))  # inference: SDPA
     with pytest.raises(ConfigError, match="model.attention"):
         ScratchConfig(attention="flash")
+
+
+@pytest.mark.parametrize("conv_kernel", [3, 4])
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_local_convolution_ignores_padding_and_sees_neighbours(conv_kernel, norm):
+    """conv_kernel > 0 adds a depthwise convolution to each block: padding must not leak into real
+    tokens (odd and even widths), and a token's vector must depend on its neighbours even without
+    attention's help."""
+    model = _model(conv_kernel=conv_kernel, norm=norm, pooling="mean")
+    with torch.no_grad():
+        short = model(_padded(SENTENCE, 12))
+        long = model(_padded(SENTENCE, 64))
+    torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
+    conv = model.blocks[0].conv
+    x = torch.randn(1, 6, 32)
+    keep = torch.ones(1, 6, dtype=torch.bool)
+    y = x.clone()
+    y[0, 2] += 1.0  # change token 2 only
+    with torch.no_grad():
+        changed = (conv(x, keep) - conv(y, keep)).abs().amax(dim=-1)[0]  # (T,)
+    assert changed[1] > 0 and changed[3] > 0  # its neighbours see it
+    assert changed[5] == 0  # beyond the kernel they do not
+    with pytest.raises(ConfigError, match="model.conv_kernel"):
+        ScratchConfig(conv_kernel=-1)

@@ -182,6 +182,37 @@ def test_sampler_and_pruner_args_reach_optuna_and_follow_their_pruner(isolated):
     assert make_pruner("median", space.study["pruner_args"])._n_startup_trials == 2
 
 
+def test_the_same_command_proposes_the_same_trials_and_workers_differ(isolated, monkeypatch):
+    """The sampler is seeded from study.seed: two new studies (e.g. with and without pruning) start from
+    the same configurations; a second local worker, or a process joining a study with trials, does not
+    repeat the first one's sequence."""
+    from encoderlab.sweep import (
+        WORKER_ENV,
+        apply_study_args,
+        load_space,
+        open_study,
+        sampler_seed_offset,
+        suggest,
+    )
+
+    write_space(isolated)
+
+    def first_proposals(study_name: str) -> list[dict]:
+        space = load_space("tiny")
+        apply_study_args(space, {"study_name": study_name})
+        study = open_study(space)
+        return [suggest(study.ask(), space.params) for _ in range(3)]
+
+    first = first_proposals("with_pruning")
+    assert first_proposals("without_pruning") == first
+    monkeypatch.setenv(WORKER_ENV, "1")
+    assert first_proposals("worker_1") != first
+    monkeypatch.delenv(WORKER_ENV)
+    space = load_space("tiny")
+    apply_study_args(space, {"study_name": "with_pruning"})  # has trials now: a resume or another machine
+    assert sampler_seed_offset(open_study(space)) != 0
+
+
 def test_unknown_sweep_name_lists_the_available_ones(cli, isolated):
     res = cli("sweep", "sweep=nope")
     assert res.code == 2 and "no search space 'sweep=nope'" in res.err and "trec_scratch" in res.err

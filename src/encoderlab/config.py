@@ -50,6 +50,7 @@ class ScratchModelConfig:
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
     attention: str = "auto"  # auto (SDPA; explicit for CPU training up to 1024 tokens) | sdpa | explicit
+    conv_kernel: int = 0  # > 0: a depthwise convolution of this width in each block (local n-grams)
 
 
 @dataclass

@@ -317,20 +317,35 @@ def open_study(space: Space):
         storage=storage,
         direction=space.study["direction"],
         sampler=make_sampler(
-            space.study["sampler"],
-            space.study["seed"] + os.getpid() % 1000,
-            space.params,
-            space.study["sampler_args"],
+            space.study["sampler"], space.study["seed"], space.params, space.study["sampler_args"]
         ),
         pruner=make_pruner(space.study["pruner"], space.study["pruner_args"]),
         load_if_exists=True,
     )
+    offset = sampler_seed_offset(study)
+    if offset:
+        study.sampler = make_sampler(
+            space.study["sampler"], space.study["seed"] + offset, space.params, space.study["sampler_args"]
+        )
     if study.direction.name.lower() != space.study["direction"]:
         raise EncoderlabError(
             f"Study '{study.study_name}' in {url} was created to {study.direction.name.lower()}, but the space "
             f"says {space.study['direction']}. Use another study_name= or storage=."
         )
     return study
+
+
+WORKER_ENV = "ENCODERLAB_SWEEP_WORKER"  # set by --workers N: this process's index
+
+
+def sampler_seed_offset(study) -> int:
+    """0 for a new study run by one process, so the same command proposes the same trials; the worker
+    index for --workers N; and a per-process value when the study already has trials (a resumed study, or
+    other machines at work on it), so no two processes propose the same sequence."""
+    worker = int(os.environ.get(WORKER_ENV, "0"))
+    if study.get_trials(deepcopy=False):
+        return 1000 * (worker + 1) + os.getpid() % 1000
+    return worker
 
 
 def counted(study) -> int:
@@ -572,7 +587,7 @@ def run_workers(n: int, argv: list[str]) -> None:
             rest.append(arg)
     cmd = [sys.executable, "-m", "encoderlab", "sweep", "--worker", *rest]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(n)]
+    procs = [subprocess.Popen(cmd, env={**env, WORKER_ENV: str(i)}) for i in range(n)]
     log.info("Started %d workers", n)
     codes = [p.wait() for p in procs]
     if any(codes):

@@ -37,12 +37,18 @@ class ScratchConfig:
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
     attention: str = "auto"  # auto | sdpa | explicit: see SelfAttention
+    conv_kernel: int = 0  # > 0: a depthwise convolution over this many tokens in each block (ConvBlock)
     pad_token_id: int = 0
     num_labels: int = 2
 
     def __post_init__(self) -> None:
         if self.n_heads < 1 or self.d_model % self.n_heads != 0:
             raise heads_error(self.d_model, self.n_heads)
+        if self.conv_kernel < 0:
+            raise ConfigError(
+                f"Config error: bad value for 'model.conv_kernel': {self.conv_kernel}. "
+                "Allowed: 0 (no convolution) or a positive kernel width such as 3."
+            )
         for key in ("positions", "norm", "pooling", "attention"):  # the values the config check allows
             allowed = ALLOWED_VALUES[f"model.{key}"]
             if getattr(self, key) not in allowed:
@@ -116,12 +122,34 @@ class MLP(nn.Module):
         return self.drop(self.down(F.gelu(self.up(x))))  # (B, T, C)
 
 
+class LocalConv(nn.Module):
+    """Depthwise convolution over conv_kernel neighbouring tokens, then a pointwise projection: n-gram
+    features that attention over a few thousand short training texts is slow to learn. Padding is zeroed
+    first, so it never leaks into real tokens."""
+
+    def __init__(self, cfg: ScratchConfig) -> None:
+        super().__init__()
+        k = cfg.conv_kernel
+        self.depthwise = nn.Conv1d(cfg.d_model, cfg.d_model, k, padding=k // 2, groups=cfg.d_model)
+        self.pointwise = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        T = x.size(1)
+        x = x.masked_fill(~keep.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, C, T)
+        y = self.depthwise(x)[..., :T].transpose(1, 2)  # (B, T, C); even kernels pad one extra: trim
+        return self.drop(self.pointwise(F.gelu(y)))  # (B, T, C)
+
+
 class Block(nn.Module):
-    """x + attn(norm(x)); x + mlp(norm(x))  (pre-LN)   or   norm(x + attn(x)); norm(x + mlp(x))  (post-LN)."""
+    """x + attn(norm(x)); x + mlp(norm(x))  (pre-LN)   or   norm(x + attn(x)); norm(x + mlp(x))  (post-LN),
+    with conv_kernel > 0 preceded by x + conv(norm(x))  or  norm(x + conv(x))."""
 
     def __init__(self, cfg: ScratchConfig) -> None:
         super().__init__()
         self.pre = cfg.norm == "pre"
+        self.conv = LocalConv(cfg) if cfg.conv_kernel > 0 else None
+        self.ln0 = nn.LayerNorm(cfg.d_model) if self.conv is not None else None
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
@@ -129,6 +157,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, need_weights: bool = False):
+        if self.conv is not None:  # x + conv(norm(x))  or  norm(x + conv(x))
+            x = x + self.conv(self.ln0(x), keep) if self.pre else self.ln0(x + self.conv(x, keep))
         if self.pre:
             a, w = self.attn(self.ln1(x), keep, need_weights)
             x = x + self.drop(a)
