@@ -37,7 +37,7 @@ class ScratchConfig:
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
     attention: str = "auto"  # auto | sdpa | explicit: see SelfAttention
-    conv_kernel: int = 0  # > 0: a depthwise convolution over this many tokens in each block (ConvBlock)
+    conv_kernel: int = 0  # > 0: a depthwise convolution over this many tokens in each block (LocalConv)
     pad_token_id: int = 0
     num_labels: int = 2
 
