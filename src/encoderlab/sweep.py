@@ -31,8 +31,21 @@ from encoderlab.errors import ConfigError, EncoderlabError
 
 log = logging.getLogger("encoderlab.sweep")
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes")  # see SAMPLER_CLASSES
-PRUNERS = ("median", "successive_halving", "hyperband", "none")  # see PRUNER_CLASSES
+# optuna class names (optuna is imported only when a study is built: it is slow to import)
+SAMPLER_CLASSES = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "grid": "GridSampler",
+    "cmaes": "CmaEsSampler",
+}
+PRUNER_CLASSES = {
+    "median": "MedianPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "none": "NopPruner",
+}
+SAMPLERS = tuple(SAMPLER_CLASSES)
+PRUNERS = tuple(PRUNER_CLASSES)
 PARAM_TYPES = ("float", "int", "categorical")
 STUDY_KEYS = (
     "direction",
@@ -240,19 +253,6 @@ def _override(key: str, value: Any) -> str:
 
 
 # ---- study plumbing ------------------------------------------------------------------------------------
-# optuna class names (optuna is imported only when a study is built: it is slow to import)
-SAMPLER_CLASSES = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "grid": "GridSampler",
-    "cmaes": "CmaEsSampler",
-}
-PRUNER_CLASSES = {
-    "median": "MedianPruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "hyperband": "HyperbandPruner",
-    "none": "NopPruner",
-}
 
 
 def optuna_class(kind: str, name: str):
@@ -316,17 +316,16 @@ def open_study(space: Space):
         study_name=space.study["study_name"],
         storage=storage,
         direction=space.study["direction"],
-        sampler=make_sampler(
-            space.study["sampler"], space.study["seed"], space.params, space.study["sampler_args"]
-        ),
         pruner=make_pruner(space.study["pruner"], space.study["pruner_args"]),
         load_if_exists=True,
     )
-    offset = sampler_seed_offset(study)
-    if offset:
-        study.sampler = make_sampler(
-            space.study["sampler"], space.study["seed"] + offset, space.params, space.study["sampler_args"]
-        )
+    # seeded once the study's trials are known (sampler_seed_offset)
+    study.sampler = make_sampler(
+        space.study["sampler"],
+        space.study["seed"] + sampler_seed_offset(study),
+        space.params,
+        space.study["sampler_args"],
+    )
     if study.direction.name.lower() != space.study["direction"]:
         raise EncoderlabError(
             f"Study '{study.study_name}' in {url} was created to {study.direction.name.lower()}, but the space "
