@@ -117,11 +117,12 @@ def test_disallowed_values_are_rejected_before_the_run(cli, tiny_bert, isolated,
     [
         ("optimizer.lr=abc", ["'optimizer.lr'", "abc"]),
         ("trainer.precision=17", ["trainer.precision", "bf16-mixed"]),
+        ("model=scratch_tiny model.conv_kernel=-1", ["'model.conv_kernel'", "-1", "positive kernel width"]),
     ],
 )
 def test_config_error_exits_2_without_importing_torch_or_lightning(tmp_path, override, words):
     code = (
-        f"import sys; from encoderlab.cli import main; rc = main(['train', {override!r}]); "
+        f"import sys; from encoderlab.cli import main; rc = main(['train', *{override.split()!r}]); "
         "assert 'torch' not in sys.modules and 'lightning' not in sys.modules; sys.exit(rc)"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)

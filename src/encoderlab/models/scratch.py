@@ -20,7 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from encoderlab.config import ALLOWED_VALUES
-from encoderlab.errors import ConfigError, heads_error
+from encoderlab.errors import ConfigError, conv_kernel_error, heads_error
 
 
 @dataclass
@@ -45,10 +45,7 @@ class ScratchConfig:
         if self.n_heads < 1 or self.d_model % self.n_heads != 0:
             raise heads_error(self.d_model, self.n_heads)
         if self.conv_kernel < 0:
-            raise ConfigError(
-                f"Config error: bad value for 'model.conv_kernel': {self.conv_kernel}. "
-                "Allowed: 0 (no convolution) or a positive kernel width such as 3."
-            )
+            raise conv_kernel_error(self.conv_kernel)
         for key in ("positions", "norm", "pooling", "attention"):  # the values the config check allows
             allowed = ALLOWED_VALUES[f"model.{key}"]
             if getattr(self, key) not in allowed:
