@@ -266,13 +266,14 @@ def test_explicit_and_sdpa_attention_compute_the_same_thing():
         ScratchConfig(attention="flash")
 
 
+@pytest.mark.parametrize("conv_type", ["depthwise", "full"])
 @pytest.mark.parametrize("conv_kernel", [3, 4])
 @pytest.mark.parametrize("norm", ["pre", "post"])
-def test_local_convolution_ignores_padding_and_sees_neighbours(conv_kernel, norm):
-    """conv_kernel > 0 adds a depthwise convolution to each block: padding must not leak into real
-    tokens (odd and even widths), and a token's vector must depend on its neighbours even without
-    attention's help."""
-    model = _model(conv_kernel=conv_kernel, norm=norm, pooling="mean")
+def test_local_convolution_ignores_padding_and_sees_neighbours(conv_kernel, norm, conv_type):
+    """conv_kernel > 0 adds a convolution to each block: padding must not leak into real tokens (odd
+    and even widths), and a token's vector must depend on its neighbours even without attention's
+    help."""
+    model = _model(conv_kernel=conv_kernel, norm=norm, pooling="mean", conv_type=conv_type)
     with torch.no_grad():
         short = model(_padded(SENTENCE, 12))
         long = model(_padded(SENTENCE, 64))
@@ -288,3 +289,33 @@ def test_local_convolution_ignores_padding_and_sees_neighbours(conv_kernel, norm
     assert changed[5] == 0  # beyond the kernel they do not
     with pytest.raises(ConfigError, match="model.conv_kernel"):
         ScratchConfig(conv_kernel=-1)
+
+
+def test_full_convolution_mixes_channels_and_depthwise_does_not():
+    """conv_type=full reads every channel of the neighbours (a CNN's n-gram detector); depthwise keeps
+    channels apart until the pointwise projection."""
+    x = torch.randn(1, 6, 32)
+    y = x.clone()
+    y[0, 2, 5] += 1.0  # token 2, channel 5 only
+    for conv_type, mixes in (("depthwise", False), ("full", True)):
+        conv = _model(conv_kernel=3, conv_type=conv_type).blocks[0].conv
+        with torch.no_grad():
+            pre = conv.conv1d(x.transpose(1, 2)) - conv.conv1d(y.transpose(1, 2))  # (1, C, T)
+        others = torch.cat([pre[0, :5, 1:4], pre[0, 6:, 1:4]])  # other channels at tokens 1-3
+        assert (others.abs().amax() > 0) == mixes, conv_type
+    full = sum(p.numel() for p in _model(conv_kernel=3, conv_type="full").blocks[0].conv.conv1d.parameters())
+    assert full == 3 * 32 * 32 + 32
+    with pytest.raises(ConfigError, match="model.conv_type"):
+        ScratchConfig(conv_kernel=3, conv_type="dilated")
+
+
+def test_models_saved_with_the_old_convolution_name_still_load(tmp_path):
+    """Before conv_type, LocalConv's convolution was called `depthwise`: such state dicts load unchanged."""
+    model = _model(conv_kernel=3)
+    old = {k.replace(".conv1d.", ".depthwise."): v for k, v in model.state_dict().items()}
+    assert any(".depthwise." in k for k in old)
+    fresh = _model(conv_kernel=3, dropout=0.2)
+    torch.nn.init.zeros_(fresh.blocks[0].conv.conv1d.weight)
+    fresh.load_state_dict(old)  # strict: every key matched
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(_padded(SENTENCE, 12)), model(_padded(SENTENCE, 12)))

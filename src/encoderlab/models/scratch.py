@@ -37,7 +37,8 @@ class ScratchConfig:
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
     attention: str = "auto"  # auto | sdpa | explicit: see SelfAttention
-    conv_kernel: int = 0  # > 0: a depthwise convolution over this many tokens in each block (LocalConv)
+    conv_kernel: int = 0  # > 0: a convolution over this many tokens in each block (LocalConv)
+    conv_type: str = "depthwise"  # depthwise | full: see LocalConv
     pad_token_id: int = 0
     num_labels: int = 2
 
@@ -46,7 +47,8 @@ class ScratchConfig:
             raise heads_error(self.d_model, self.n_heads)
         if self.conv_kernel < 0:
             raise conv_kernel_error(self.conv_kernel)
-        for key in ("positions", "norm", "pooling", "attention"):  # the values the config check allows
+        # the values the config check allows
+        for key in ("positions", "norm", "pooling", "attention", "conv_type"):
             allowed = ALLOWED_VALUES[f"model.{key}"]
             if getattr(self, key) not in allowed:
                 raise ConfigError(
@@ -120,21 +122,29 @@ class MLP(nn.Module):
 
 
 class LocalConv(nn.Module):
-    """Depthwise convolution over conv_kernel neighbouring tokens, then a pointwise projection: n-gram
-    features that attention over a few thousand short training texts is slow to learn. Padding is zeroed
-    first, so it never leaks into real tokens."""
+    """Convolution over conv_kernel neighbouring tokens, then a pointwise projection: n-gram features that
+    attention over a few thousand short training texts is slow to learn. depthwise: each channel sees
+    only itself in the window (k*C weights); full: each output channel reads every channel of every
+    token in the window (k*C*C weights), as in a CNN text classifier. Padding is zeroed first, so it
+    never leaks into real tokens."""
 
     def __init__(self, cfg: ScratchConfig) -> None:
         super().__init__()
-        k = cfg.conv_kernel
-        self.depthwise = nn.Conv1d(cfg.d_model, cfg.d_model, k, padding=k // 2, groups=cfg.d_model)
-        self.pointwise = nn.Linear(cfg.d_model, cfg.d_model)
+        k, C = cfg.conv_kernel, cfg.d_model
+        self.conv1d = nn.Conv1d(C, C, k, padding=k // 2, groups=C if cfg.conv_type == "depthwise" else 1)
+        self.pointwise = nn.Linear(C, C)
         self.drop = nn.Dropout(cfg.dropout)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        for name in ("weight", "bias"):  # models saved before conv_type named the convolution "depthwise"
+            if f"{prefix}depthwise.{name}" in state_dict:
+                state_dict[f"{prefix}conv1d.{name}"] = state_dict.pop(f"{prefix}depthwise.{name}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         T = x.size(1)
         x = x.masked_fill(~keep.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, C, T)
-        y = self.depthwise(x)[..., :T].transpose(1, 2)  # (B, T, C); even kernels pad one extra: trim
+        y = self.conv1d(x)[..., :T].transpose(1, 2)  # (B, T, C); even kernels pad one extra: trim
         return self.drop(self.pointwise(F.gelu(y)))  # (B, T, C)
 
 
