@@ -309,7 +309,7 @@ def test_full_convolution_mixes_channels_and_depthwise_does_not():
         ScratchConfig(conv_kernel=3, conv_type="dilated")
 
 
-def test_models_saved_with_the_old_convolution_name_still_load(tmp_path):
+def test_models_saved_with_the_old_convolution_name_still_load():
     """Before conv_type, LocalConv's convolution was called `depthwise`: such state dicts load unchanged."""
     model = _model(conv_kernel=3)
     old = {k.replace(".conv1d.", ".depthwise."): v for k, v in model.state_dict().items()}
