@@ -30,6 +30,14 @@ CANDIDATES = {
         {"max_resource": 15, "reduction_factor": 4},
     ),
     "hyperband min_resource=2 max_resource=15": ("hyperband", {"min_resource": 2, "max_resource": 15}),
+    "hyperband min_resource=2 max_resource=15 reduction_factor=4": (
+        "hyperband",
+        {"min_resource": 2, "max_resource": 15, "reduction_factor": 4},
+    ),
+    "hyperband min_resource=3 max_resource=15 reduction_factor=3": (
+        "hyperband",
+        {"min_resource": 3, "max_resource": 15, "reduction_factor": 3},
+    ),
     "successive_halving (optuna defaults)": ("successive_halving", {}),
     "median (encoderlab defaults)": ("median", {}),
 }
