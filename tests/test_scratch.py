@@ -266,7 +266,7 @@ def test_explicit_and_sdpa_attention_compute_the_same_thing():
         ScratchConfig(attention="flash")
 
 
-@pytest.mark.parametrize("conv_type", ["depthwise", "full", "multi"])
+@pytest.mark.parametrize("conv_type", ["depthwise", "full"])
 @pytest.mark.parametrize("conv_kernel", [3, 4])
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_local_convolution_ignores_padding_and_sees_neighbours(conv_kernel, norm, conv_type):
@@ -307,31 +307,6 @@ def test_full_convolution_mixes_channels_and_depthwise_does_not():
     assert full == 3 * 32 * 32 + 32
     with pytest.raises(ConfigError, match="model.conv_type"):
         ScratchConfig(conv_kernel=3, conv_type="dilated")
-
-
-def test_multi_width_convolution_splits_channels_between_widths():
-    """conv_type=multi: full convolutions of widths 2..conv_kernel side by side, together d_model output
-    channels; each group sees exactly its own width."""
-    conv = _model(conv_kernel=5, conv_type="multi").blocks[0].conv
-    assert [c.kernel_size[0] for c in conv.convs] == [2, 3, 4, 5]
-    assert [c.out_channels for c in conv.convs] == [8, 8, 8, 8]  # d_model 32 split four ways
-    weights = sum(p.numel() for p in conv.convs.parameters())
-    assert weights == (2 + 3 + 4 + 5) * 32 * 8 + 32
-    uneven = _model(conv_kernel=4, conv_type="multi").blocks[0].conv  # 32 channels over 3 widths
-    assert [c.out_channels for c in uneven.convs] == [11, 11, 10]
-    x = torch.randn(1, 8, 32)
-    y = x.clone()
-    y[0, 2] += 1.0  # token 2 only
-    with torch.no_grad():
-        pre = torch.cat([c(x.transpose(1, 2))[..., :8] for c in conv.convs]) - torch.cat(
-            [c(y.transpose(1, 2))[..., :8] for c in conv.convs]
-        )  # (4 widths, 8 channels, T)
-    # width w at token t reads tokens t - w//2 .. t - w//2 + w - 1: token 2 reaches token 4 through 4 and 5
-    reaches = pre.abs().amax(dim=1) > 0  # (4 widths, T)
-    assert reaches[:, 4].tolist() == [False, False, True, True]
-    assert reaches[:, 0].tolist() == [False, False, False, True]
-    with pytest.raises(ConfigError, match="conv_type=multi has widths 2 to conv_kernel"):
-        ScratchConfig(conv_kernel=1, conv_type="multi")
 
 
 def test_models_saved_with_the_old_convolution_name_still_load():

@@ -51,7 +51,7 @@ class ScratchModelConfig:
     pooling: str = "mean"  # cls | mean | max
     attention: str = "auto"  # auto (SDPA; explicit for CPU training up to 1024 tokens) | sdpa | explicit
     conv_kernel: int = 0  # > 0: a convolution of this width in each block (local n-grams)
-    conv_type: str = "depthwise"  # depthwise (per channel) | full (mixes all channels) | multi (widths 2..k)
+    conv_type: str = "depthwise"  # depthwise (per channel) | full (each output mixes all channels)
 
 
 @dataclass
@@ -316,7 +316,7 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "model.norm": ("pre", "post"),
     "model.pooling": ("cls", "mean", "max"),
     "model.attention": ("auto", "sdpa", "explicit"),
-    "model.conv_type": ("depthwise", "full", "multi"),
+    "model.conv_type": ("depthwise", "full"),
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "auto"),
     "optimizer.name": ("adamw",),
     "scheduler.name": ("linear", "cosine", "constant"),

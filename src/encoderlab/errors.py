@@ -14,14 +14,12 @@ class ConfigError(EncoderlabError):
     """The composed config is invalid: reported before any heavy import, exit code 2."""
 
 
-def conv_kernel_error(conv_kernel: int, conv_type: str = "depthwise") -> ConfigError:
-    """model.conv_kernel must be >= 0 (>= 2 with conv_type=multi, whose widths run from 2 to it): said
-    once, for the config check and for ScratchConfig."""
-    if conv_type == "multi":
-        allowed = "0 (no convolution) or a width >= 2: conv_type=multi has widths 2 to conv_kernel, e.g. 5."
-    else:
-        allowed = "0 (no convolution) or a positive kernel width such as 3."
-    return ConfigError(f"Config error: bad value for 'model.conv_kernel': {conv_kernel}. Allowed: {allowed}")
+def conv_kernel_error(conv_kernel: int) -> ConfigError:
+    """model.conv_kernel must be >= 0: said once, for the config check and for ScratchConfig."""
+    return ConfigError(
+        f"Config error: bad value for 'model.conv_kernel': {conv_kernel}. "
+        "Allowed: 0 (no convolution) or a positive kernel width such as 3."
+    )
 
 
 def heads_error(d_model: int, n_heads: int) -> ConfigError:

@@ -133,8 +133,8 @@ def _check_training(cfg: DictConfig) -> None:
         m = cfg.model
         if m.n_heads < 1 or m.d_model % m.n_heads != 0:
             raise heads_error(m.d_model, m.n_heads)
-        if m.conv_kernel < 0 or (m.conv_type == "multi" and m.conv_kernel == 1):
-            raise conv_kernel_error(m.conv_kernel, m.conv_type)
+        if m.conv_kernel < 0:
+            raise conv_kernel_error(m.conv_kernel)
         if m.max_len < cfg.dataset.max_length:
             _fail("model.max_len", m.max_len, f"an integer >= dataset.max_length ({cfg.dataset.max_length})")
     elif OmegaConf.is_missing(cfg.model, "name_or_path"):

@@ -38,15 +38,15 @@ class ScratchConfig:
     pooling: str = "mean"  # cls | mean | max
     attention: str = "auto"  # auto | sdpa | explicit: see SelfAttention
     conv_kernel: int = 0  # > 0: a convolution over this many tokens in each block (LocalConv)
-    conv_type: str = "depthwise"  # depthwise | full | multi: see LocalConv
+    conv_type: str = "depthwise"  # depthwise | full: see LocalConv
     pad_token_id: int = 0
     num_labels: int = 2
 
     def __post_init__(self) -> None:
         if self.n_heads < 1 or self.d_model % self.n_heads != 0:
             raise heads_error(self.d_model, self.n_heads)
-        if self.conv_kernel < 0 or (self.conv_type == "multi" and self.conv_kernel == 1):
-            raise conv_kernel_error(self.conv_kernel, self.conv_type)
+        if self.conv_kernel < 0:
+            raise conv_kernel_error(self.conv_kernel)
         # the values the config check allows
         for key in ("positions", "norm", "pooling", "attention", "conv_type"):
             allowed = ALLOWED_VALUES[f"model.{key}"]
@@ -125,23 +125,13 @@ class LocalConv(nn.Module):
     """Convolution over conv_kernel neighbouring tokens, then a pointwise projection: n-gram features that
     attention over a few thousand short training texts is slow to learn. depthwise: each channel sees
     only itself in the window (k*C weights); full: each output channel reads every channel of every
-    token in the window (k*C*C weights), as in a CNN text classifier; multi: full convolutions of every
-    width from 2 to k side by side, the C output channels split between them (Kim 2014's CNN uses
-    widths 3, 4, 5). Padding is zeroed first, so it never leaks into real tokens."""
+    token in the window (k*C*C weights), as in a CNN text classifier. Padding is zeroed first, so it
+    never leaks into real tokens."""
 
     def __init__(self, cfg: ScratchConfig) -> None:
         super().__init__()
         k, C = cfg.conv_kernel, cfg.d_model
-        self.convs = None
-        if cfg.conv_type == "multi":
-            widths = range(2, k + 1)
-            sizes = [C // len(widths) + (i < C % len(widths)) for i in range(len(widths))]  # sum: C
-            self.convs = nn.ModuleList(
-                nn.Conv1d(C, c, w, padding=w // 2) for w, c in zip(widths, sizes, strict=True)
-            )
-        else:
-            groups = C if cfg.conv_type == "depthwise" else 1
-            self.conv1d = nn.Conv1d(C, C, k, padding=k // 2, groups=groups)
+        self.conv1d = nn.Conv1d(C, C, k, padding=k // 2, groups=C if cfg.conv_type == "depthwise" else 1)
         self.pointwise = nn.Linear(C, C)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -154,9 +144,7 @@ class LocalConv(nn.Module):
     def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         T = x.size(1)
         x = x.masked_fill(~keep.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, C, T)
-        convs = self.convs if self.convs is not None else [self.conv1d]
-        y = torch.cat([conv(x)[..., :T] for conv in convs], dim=1)  # (B, C, T); even widths pad one extra
-        y = y.transpose(1, 2)  # (B, T, C)
+        y = self.conv1d(x)[..., :T].transpose(1, 2)  # (B, T, C); even kernels pad one extra: trim
         return self.drop(self.pointwise(F.gelu(y)))  # (B, T, C)
 
 
