@@ -113,6 +113,42 @@ def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
     assert rerun == json.loads((trial_dir / "metrics.json").read_text())
 
 
+def test_seeds_per_trial_averages_the_seeds_and_prunes_on_the_first(cli, isolated, mlflow_client):
+    """study.seeds_per_trial=2: every trial trains its config with seeds 42 and 43, each its own MLflow
+    run; the trial's value is the mean of their best validation values; the pruner gets one curve, the
+    first seed's; best.yaml reruns that first seed."""
+    write_space(isolated, study={**TINY["study"], "n_trials": 2})
+    res = cli("sweep", "sweep=tiny", "seeds_per_trial=2")
+    assert res.code == 0, res.err
+    study = load_study(isolated)
+    assert states(study) == ["COMPLETE"] * 2
+    runs = all_runs(mlflow_client)
+    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "optuna"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 4 and parent.data.params["study.seeds_per_trial"] == "2"
+    for trial in study.trials:
+        mine = {
+            c.data.tags["encoderlab.trial_seed"]: c
+            for c in children
+            if c.data.tags["encoderlab.trial"] == str(trial.number)
+        }
+        assert sorted(mine) == ["42", "43"]
+        bests = {seed: c.data.metrics["best/val/accuracy"] for seed, c in mine.items()}
+        assert trial.value == pytest.approx((bests["42"] + bests["43"]) / 2)
+        assert trial.user_attrs["seed_values"] == pytest.approx(bests)
+        assert all(c.data.tags["encoderlab.trial_state"] == "COMPLETE" for c in mine.values())
+        first = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+        curve = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
+        assert len(curve) == 2 and max(curve) == pytest.approx(bests["42"])  # 2 epochs of seed 42 only
+        assert first["best"] == pytest.approx(bests["42"])
+    trial_dir = isolated / "outputs" / "sweeps" / "tiny" / "trial_0000"
+    seed_42 = json.loads((trial_dir / "seed42" / "metrics.json").read_text())
+    seed_43 = json.loads((trial_dir / "seed43" / "metrics.json").read_text())
+    assert seed_42 != seed_43  # two trainings, not one counted twice
+    header = (isolated / "outputs" / "sweeps" / "tiny" / "best.yaml").read_text().splitlines()[0]
+    assert "mean over seeds 42, 43; this config runs seed 42" in header
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -129,6 +165,7 @@ def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
             "Could not open the study storage",
         ),
         ({"study": {"n_trials": 2, "colour": "blue"}}, "unknown study key 'colour'"),
+        ({"study": {"seeds_per_trial": 0}}, "seeds_per_trial must be an integer >= 1, got 0"),
         (
             {"study": {"pruner": "hyperband", "pruner_args": {"reduction": 4}}},
             "study.pruner_args has 'reduction', which the hyperband pruner does not take. Allowed: min_resource",

@@ -23,8 +23,12 @@ def best_yaml(trial, path: Path, metric: str) -> Path:
     with open_dict(cfg):
         cfg.pop("output_dir", None)
     values = OmegaConf.to_container(cfg, resolve=True)
+    seeds = trial.user_attrs.get("seed_values")
+    value = f"{trial.value:.4f}"
+    if seeds:  # seeds_per_trial > 1: the value is a mean; this file reruns the first seed
+        value += f" (mean over seeds {', '.join(seeds)}; this config runs seed {cfg.seed})"
     header = (
-        f"# Best trial {trial.number} of an encoderlab sweep: {metric} = {trial.value:.4f}\n"
+        f"# Best trial {trial.number} of an encoderlab sweep: {metric} = {value}\n"
         f"# Params: {json.dumps(trial.params)}\n"
         f"# Rerun exactly: encoderlab train --config-dir {path.parent.resolve()} --config-name {path.stem}\n"
     )

@@ -7,7 +7,8 @@
 The search space lives in sweeps/<name>.yaml (./sweeps first, then encoderlab's own): the overrides every
 trial starts from, the study settings and the parameters. Each trial composes `encoderlab train`'s config
 with the sampled values, trains with a pruning hook at every validation and returns its best validation
-value (the checkpoint that is kept). Storage is SQLite under outputs/ unless `storage=` names any
+value (the checkpoint that is kept); with study.seeds_per_trial=N it trains N seeds and returns the mean,
+so a trial's rank depends less on one lucky initialisation. Storage is SQLite under outputs/ unless `storage=` names any
 SQLAlchemy URL (PostgreSQL for many workers or machines); rerunning the command continues the study until
 n_trials trials are complete or pruned, and trials whose process died are marked FAIL and redone.
 """
@@ -58,6 +59,7 @@ STUDY_KEYS = (
     "storage",
     "study_name",
     "seed",
+    "seeds_per_trial",  # train each trial's config with this many seeds; its value is their mean
     "heartbeat_interval",  # seconds between a running trial's heartbeats
     "grace_period",  # a trial silent this long is taken as dead (FAIL) and redone
 )
@@ -113,6 +115,7 @@ def load_space(name: str) -> Space:
         "storage": None,
         "study_name": path.stem,
         "seed": 42,
+        "seeds_per_trial": 1,
         "heartbeat_interval": 30,
         "grace_period": 120,
         **(raw.get("study") or {}),
@@ -139,8 +142,10 @@ def check_space(space: Space) -> None:
         raise ConfigError(
             f"{where}: study.pruner is {space.study['pruner']!r}. Allowed: {', '.join(PRUNERS)}."
         )
-    if not isinstance(space.study["n_trials"], int) or space.study["n_trials"] < 1:
-        raise ConfigError(f"{where}: n_trials must be an integer >= 1, got {space.study['n_trials']!r}.")
+    for key in ("n_trials", "seeds_per_trial"):
+        value = space.study[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{where}: {key} must be an integer >= 1, got {value!r}.")
     if not space.params:
         raise ConfigError(f"{where}: no params to search.")
     seen: list[str] = []
@@ -500,7 +505,15 @@ def compose(overrides: list[str], output_dir: Path | None = None):
     return cfg, choices
 
 
-YAML_STUDY_KEYS = ("n_trials", "seed", "heartbeat_interval", "grace_period", "sampler_args", "pruner_args")
+YAML_STUDY_KEYS = (
+    "n_trials",
+    "seed",
+    "seeds_per_trial",
+    "heartbeat_interval",
+    "grace_period",
+    "sampler_args",
+    "pruner_args",
+)
 
 
 def apply_study_args(space: Space, study_args: dict[str, str]) -> None:
@@ -629,25 +642,41 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
             trial.set_user_attr("overrides", trial_overrides)
             trial.set_user_attr("choices", choices)
             tags = {"encoderlab.study": study.study_name, "encoderlab.trial": str(trial.number)}
-            try:
-                best = train(
-                    cfg,
-                    callbacks=[PruningCallback(trial, space.study["metric"])],
-                    parent_run_id=parent_id,
-                    tags=tags,
-                )
-            except optuna.TrialPruned:
-                raise
-            except KeyboardInterrupt:
-                _mark_trial_runs(
-                    tracking_uri, parent_id, study.study_name, trial.number, "FAILED", "interrupted"
-                )
-                raise
-            if best is None:
-                raise EncoderlabError(f"trial {trial.number}: no validation value of {space.study['metric']}")
-            trial.set_user_attr("run_dir", str(out_dir.resolve()))
+            # seeds_per_trial > 1: the config's seed, then seed + 1, ...; each in its own run directory and
+            # MLflow run. The pruner judges the trial on the first seed's curve (one value per validation);
+            # a trial it keeps trains the other seeds, and its value is the mean of their best values.
+            n_seeds = space.study["seeds_per_trial"]
+            seeds = [cfg.seed + j for j in range(n_seeds)]
+            bests: dict[int, float] = {}
+            for j, seed in enumerate(seeds):
+                run_dir = out_dir if n_seeds == 1 else out_dir / f"seed{seed}"
+                if n_seeds > 1:
+                    cfg, _ = compose([*trial_overrides, f"seed={seed}"], run_dir)
+                try:
+                    best = train(
+                        cfg,
+                        callbacks=[PruningCallback(trial, space.study["metric"])] if j == 0 else [],
+                        parent_run_id=parent_id,
+                        tags={**tags, "encoderlab.trial_seed": str(seed)},
+                    )
+                except optuna.TrialPruned:
+                    raise
+                except KeyboardInterrupt:
+                    _mark_trial_runs(
+                        tracking_uri, parent_id, study.study_name, trial.number, "FAILED", "interrupted"
+                    )
+                    raise
+                if best is None:
+                    raise EncoderlabError(
+                        f"trial {trial.number}, seed {seed}: no validation value of {space.study['metric']}"
+                    )
+                bests[seed] = best
+                if j == 0:
+                    trial.set_user_attr("run_dir", str(run_dir.resolve()))
+            if n_seeds > 1:
+                trial.set_user_attr("seed_values", {str(k): v for k, v in bests.items()})
             _mark_trial_runs(tracking_uri, parent_id, study.study_name, trial.number, None, "COMPLETE")
-            return best
+            return sum(bests.values()) / len(bests)
 
         study.optimize(objective, n_trials=1, catch=(Exception,))
         last = study.get_trials(deepcopy=False)[-1]
