@@ -149,6 +149,42 @@ def test_seeds_per_trial_averages_the_seeds_and_prunes_on_the_first(cli, isolate
     assert "mean over seeds 42, 43; this config runs seed 42" in header
 
 
+def test_retest_retrains_the_winner_with_fresh_seeds_on_test(cli, isolated, mlflow_client):
+    """--retest 1,2: the best trial's exact config trained again with seeds 10000 and 10001 and scored on
+    test; the mean and std of those two runs are what is reported, on stdout, in retest.json/.md and on
+    the study's MLflow parent run, whose children the re-test runs are."""
+    write_space(isolated, study={**TINY["study"], "n_trials": 2})
+    res = cli("sweep", "sweep=tiny", "--retest", "1,2")
+    assert res.code == 0, res.err
+    best = load_study(isolated).best_trial
+    out = isolated / "outputs" / "sweeps" / "tiny" / "retest"
+    report = json.loads((out / "retest.json").read_text())
+    assert report["metric"] == "test/accuracy"
+    (result,) = report["results"]
+    assert result["trial"] == best.number and result["params"] == best.params
+    assert result["val_best"] == pytest.approx(best.value)
+    assert sorted(result["seeds"]) == ["10000", "10001"]
+    scores = []
+    for seed, score in result["seeds"].items():
+        run_dir = out / f"trial_{best.number:04d}_seed{seed}"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert metrics["test"]["test/accuracy"] == pytest.approx(score)
+        scores.append(score)
+    assert result["mean"] == pytest.approx(sum(scores) / 2)
+    assert result["std"] == pytest.approx(abs(scores[0] - scores[1]) / 2**0.5)
+    assert f"{result['mean']:.4f} ± {result['std']:.4f}" in res.out
+    assert (out / "retest.md").read_text() in res.out
+
+    runs = all_runs(mlflow_client)
+    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "optuna"]
+    retests = [r for r in runs if r.data.tags.get("encoderlab.retest_of_trial") == str(best.number)]
+    assert len(retests) == 2
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in retests)
+    assert parent.data.metrics["retest/test/accuracy_mean"] == pytest.approx(result["mean"])
+    arts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/retest.json", "study/retest.md"} <= arts
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
