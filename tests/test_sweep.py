@@ -173,6 +173,17 @@ def test_retest_retrains_the_winner_with_fresh_seeds_on_test(cli, isolated, mlfl
     assert result["mean"] == pytest.approx(sum(scores) / 2)
     assert result["std"] == pytest.approx(abs(scores[0] - scores[1]) / 2**0.5)
     assert f"{result['mean']:.4f} ± {result['std']:.4f}" in res.out
+    # beside the mean, the accuracy of the two models' averaged probabilities
+    import pandas as pd
+
+    frames = [
+        pd.read_csv(out / f"trial_{best.number:04d}_seed{s}" / "predictions" / "test_predictions.csv")
+        for s in result["seeds"]
+    ]
+    classes = [c for c in frames[0].columns if c.startswith("prob_") and c != "prob_true_label"]
+    averaged = (frames[0][classes] + frames[1][classes]) / 2
+    expected = (averaged.idxmax(axis=1).str.removeprefix("prob_") == frames[0]["label"].astype(str)).mean()
+    assert result["ensemble_accuracy"] == pytest.approx(expected)
     assert (out / "retest.md").read_text() in res.out
 
     runs = all_runs(mlflow_client)
@@ -181,6 +192,7 @@ def test_retest_retrains_the_winner_with_fresh_seeds_on_test(cli, isolated, mlfl
     assert len(retests) == 2
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in retests)
     assert parent.data.metrics["retest/test/accuracy_mean"] == pytest.approx(result["mean"])
+    assert parent.data.metrics["retest/ensemble_accuracy"] == pytest.approx(result["ensemble_accuracy"])
     arts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/retest.json", "study/retest.md"} <= arts
 
