@@ -54,6 +54,14 @@ def load_study(root: Path, name: str = "tiny"):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{root / 'outputs' / 'optuna.db'}")
 
 
+def study_runs(mlflow_client) -> tuple:
+    """The study's MLflow parent run, its child runs, and every run."""
+    runs = all_runs(mlflow_client)
+    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "optuna"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return parent, children, runs
+
+
 def states(study) -> list[str]:
     return [t.state.name for t in study.get_trials(deepcopy=False)]
 
@@ -65,9 +73,7 @@ def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
     study = load_study(isolated)
     assert states(study) == ["COMPLETE"] * 3
 
-    runs = all_runs(mlflow_client)
-    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "optuna"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent, children, _ = study_runs(mlflow_client)
     assert parent.info.status == "FINISHED" and len(children) == 3
     assert sorted(c.data.tags["encoderlab.trial"] for c in children) == ["0", "1", "2"]
     for c in children:  # the trial's sampled params are the run's params, its state a tag
@@ -122,9 +128,7 @@ def test_seeds_per_trial_averages_the_seeds_and_prunes_on_the_first(cli, isolate
     assert res.code == 0, res.err
     study = load_study(isolated)
     assert states(study) == ["COMPLETE"] * 2
-    runs = all_runs(mlflow_client)
-    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "optuna"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    parent, children, _ = study_runs(mlflow_client)
     assert len(children) == 4 and parent.data.params["study.seeds_per_trial"] == "2"
     for trial in study.trials:
         mine = {
@@ -186,8 +190,7 @@ def test_retest_retrains_the_winner_with_fresh_seeds_on_test(cli, isolated, mlfl
     assert result["ensemble_accuracy"] == pytest.approx(expected)
     assert (out / "retest.md").read_text() in res.out
 
-    runs = all_runs(mlflow_client)
-    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "optuna"]
+    parent, _, runs = study_runs(mlflow_client)
     retests = [r for r in runs if r.data.tags.get("encoderlab.retest_of_trial") == str(best.number)]
     assert len(retests) == 2
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in retests)
