@@ -82,6 +82,7 @@ def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
         assert c.data.params["model.pooling"] == trial.params["model.pooling"]
         assert c.data.tags["encoderlab.trial_state"] == "COMPLETE"
         assert c.data.metrics["best/val/accuracy"] == pytest.approx(trial.value)  # objective: best validation
+        assert c.data.metrics["trial/objective"] == pytest.approx(trial.value)
     arts = {a.path for a in mlflow_client.list_artifacts(parent.info.run_id, "study")}
     for name in (
         "best.yaml",
@@ -140,7 +141,9 @@ def test_seeds_per_trial_averages_the_seeds_and_prunes_on_the_first(cli, isolate
         bests = {seed: c.data.metrics["best/val/accuracy"] for seed, c in mine.items()}
         assert trial.value == pytest.approx((bests["42"] + bests["43"]) / 2)
         assert trial.user_attrs["seed_values"] == pytest.approx(bests)
-        assert all(c.data.tags["encoderlab.trial_state"] == "COMPLETE" for c in mine.values())
+        for c in mine.values():  # each run also carries the trial's value, for sorting in the MLflow UI
+            assert c.data.tags["encoderlab.trial_state"] == "COMPLETE"
+            assert c.data.metrics["trial/objective"] == pytest.approx(trial.value)
         first = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
         curve = [trial.intermediate_values[step] for step in sorted(trial.intermediate_values)]
         assert len(curve) == 2 and max(curve) == pytest.approx(bests["42"])  # 2 epochs of seed 42 only

@@ -673,10 +673,13 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
                 bests[seed] = best
                 if j == 0:
                     trial.set_user_attr("run_dir", str(run_dir.resolve()))
+            value = sum(bests.values()) / len(bests)
             if n_seeds > 1:
                 trial.set_user_attr("seed_values", {str(k): v for k, v in bests.items()})
-            _mark_trial_runs(tracking_uri, parent_id, study.study_name, trial.number, None, "COMPLETE")
-            return sum(bests.values()) / len(bests)
+            _mark_trial_runs(
+                tracking_uri, parent_id, study.study_name, trial.number, None, "COMPLETE", value=value
+            )
+            return value
 
         study.optimize(objective, n_trials=1, catch=(Exception,))
         last = study.get_trials(deepcopy=False)[-1]
@@ -699,7 +702,10 @@ def _mark_trial_runs(
     status: str | None,
     state: str,
     only_running: bool = False,
+    value: float | None = None,
 ) -> None:
+    """Tag the trial's runs with its Optuna state (and end them with `status`); `value`, the trial's
+    objective, is logged on each as `trial/objective`: with seeds_per_trial > 1 no single run holds it."""
     if parent_id is None:
         return
     from mlflow.tracking import MlflowClient
@@ -713,6 +719,8 @@ def _mark_trial_runs(
         if only_running and r.info.status != "RUNNING":
             continue
         client.set_tag(r.info.run_id, "encoderlab.trial_state", state)
+        if value is not None:
+            client.log_metric(r.info.run_id, "trial/objective", value)
         if status is not None:
             client.set_terminated(r.info.run_id, status)
 
