@@ -339,6 +339,42 @@ def test_killed_sweep_resumes_with_exact_trial_count(cli, isolated, mlflow_clien
     assert runs["1"].info.status == runs["2"].info.status == "FINISHED"
 
 
+def test_sweep_killed_in_a_trials_second_seed_fails_the_trial_not_the_finished_seed(
+    cli, isolated, mlflow_client
+):
+    """seeds_per_trial=2, SIGKILL while the first trial trains its second seed, rerun: the trial is FAIL
+    and redone; in MLflow its killed run is FAILED, its first seed's run stays FINISHED, both tagged FAIL
+    (so neither counts as a complete trial)."""
+    write_space(isolated, study={**TINY["study"], "n_trials": 1, "seeds_per_trial": 2})
+    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=4"]
+    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trial_dir = isolated / "outputs" / "sweeps" / "tiny" / "trial_0000"
+    try:
+        deadline = time.time() + 180
+        while not list(trial_dir.glob("seed43/checkpoints/*.ckpt")):  # the second seed is training
+            assert proc.poll() is None and time.time() < deadline, "the sweep did not reach the second seed"
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (trial_dir / "seed43" / "metrics.json").exists(), "killed too late: the second seed finished"
+    time.sleep(3.5)  # past the grace period
+    res = cli("sweep", "sweep=tiny", "trainer.max_epochs=2")
+    assert res.code == 0, res.err
+    study = load_study(isolated)
+    assert states(study) == ["FAIL", "COMPLETE"]
+    runs = {
+        (r.data.tags["encoderlab.trial"], r.data.tags["encoderlab.trial_seed"]): r
+        for r in all_runs(mlflow_client)
+        if "encoderlab.trial" in r.data.tags
+    }
+    assert sorted(runs) == [("0", "42"), ("0", "43"), ("1", "42"), ("1", "43")]
+    assert runs["0", "42"].info.status == "FINISHED" and runs["0", "43"].info.status == "FAILED"
+    assert runs["0", "42"].data.tags["encoderlab.trial_state"] == "FAIL"
+    assert runs["0", "43"].data.tags["encoderlab.trial_state"] == "FAIL"
+    assert {runs["1", s].data.tags["encoderlab.trial_state"] for s in ("42", "43")} == {"COMPLETE"}
+
+
 def test_two_workers_finish_exactly_n_trials_on_sqlite(cli, isolated):
     write_space(isolated, study={**TINY["study"], "n_trials": 3})
     res = cli("sweep", "sweep=tiny", "--workers", "2")

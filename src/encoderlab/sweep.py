@@ -704,8 +704,10 @@ def _mark_trial_runs(
     only_running: bool = False,
     value: float | None = None,
 ) -> None:
-    """Tag the trial's runs with its Optuna state (and end them with `status`); `value`, the trial's
-    objective, is logged on each as `trial/objective`: with seeds_per_trial > 1 no single run holds it."""
+    """Tag the trial's runs with its Optuna state and end those not FINISHED with `status`; `value`, the
+    trial's objective, is logged on each as `trial/objective`: with seeds_per_trial > 1 no single run
+    holds it. only_running: skip the runs that ended and already carry a state (a FAIL trial is
+    re-checked on every pass; its finished seeds get tagged once)."""
     if parent_id is None:
         return
     from mlflow.tracking import MlflowClient
@@ -716,12 +718,12 @@ def _mark_trial_runs(
         filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`encoderlab.trial` = '{number}'",
     )
     for r in runs:
-        if only_running and r.info.status != "RUNNING":
+        if only_running and r.info.status != "RUNNING" and "encoderlab.trial_state" in r.data.tags:
             continue
         client.set_tag(r.info.run_id, "encoderlab.trial_state", state)
         if value is not None:
             client.log_metric(r.info.run_id, "trial/objective", value)
-        if status is not None:
+        if status is not None and r.info.status not in ("FINISHED", status):  # a finished seed stays so
             client.set_terminated(r.info.run_id, status)
 
 
