@@ -346,7 +346,7 @@ def test_sweep_killed_in_a_trials_second_seed_fails_the_trial_not_the_finished_s
     and redone; in MLflow its killed run is FAILED, its first seed's run stays FINISHED, both tagged FAIL
     (so neither counts as a complete trial)."""
     write_space(isolated, study={**TINY["study"], "n_trials": 1, "seeds_per_trial": 2})
-    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=4"]
+    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=10"]
     proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     trial_dir = isolated / "outputs" / "sweeps" / "tiny" / "trial_0000"
     try:
