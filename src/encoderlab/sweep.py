@@ -8,9 +8,10 @@ The search space lives in sweeps/<name>.yaml (./sweeps first, then encoderlab's 
 trial starts from, the study settings and the parameters. Each trial composes `encoderlab train`'s config
 with the sampled values, trains with a pruning hook at every validation and returns its best validation
 value (the checkpoint that is kept); with study.seeds_per_trial=N it trains N seeds and returns the mean,
-so a trial's rank depends less on one lucky initialisation. Storage is SQLite under outputs/ unless `storage=` names any
-SQLAlchemy URL (PostgreSQL for many workers or machines); rerunning the command continues the study until
-n_trials trials are complete or pruned, and trials whose process died are marked FAIL and redone.
+so a trial's rank depends less on one lucky initialisation. Storage is SQLite under outputs/ unless
+`storage=` names any SQLAlchemy URL (PostgreSQL for many workers or machines); rerunning the command
+continues the study until n_trials trials are complete or pruned, and trials whose process died are
+marked FAIL and redone.
 """
 
 from __future__ import annotations
@@ -622,7 +623,7 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
         fail_stale_trials(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             _mark_trial_runs(
-                tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", only_running=True
+                tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", skip_marked=True
             )
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if counted(study) + running >= target:
@@ -701,12 +702,12 @@ def _mark_trial_runs(
     number: int,
     status: str | None,
     state: str,
-    only_running: bool = False,
+    skip_marked: bool = False,
     value: float | None = None,
 ) -> None:
     """Tag the trial's runs with its Optuna state and end those not FINISHED with `status`; `value`, the
     trial's objective, is logged on each as `trial/objective`: with seeds_per_trial > 1 no single run
-    holds it. only_running: skip the runs that ended and already carry a state (a FAIL trial is
+    holds it. skip_marked: skip the runs that ended and already carry a state (a FAIL trial is
     re-checked on every pass; its finished seeds get tagged once)."""
     if parent_id is None:
         return
@@ -718,7 +719,7 @@ def _mark_trial_runs(
         filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`encoderlab.trial` = '{number}'",
     )
     for r in runs:
-        if only_running and r.info.status != "RUNNING" and "encoderlab.trial_state" in r.data.tags:
+        if skip_marked and r.info.status != "RUNNING" and "encoderlab.trial_state" in r.data.tags:
             continue
         client.set_tag(r.info.run_id, "encoderlab.trial_state", state)
         if value is not None:
