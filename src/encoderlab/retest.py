@@ -36,7 +36,7 @@ def retest(study, space, overrides: list[str], client, parent_id: str | None, k:
     from optuna.trial import TrialState
 
     from encoderlab.sweep import compose
-    from encoderlab.train import train
+    from encoderlab.train import TEST_PREDICTIONS, train
 
     reverse = space.study["direction"] == "maximize"
     complete = sorted(
@@ -56,7 +56,7 @@ def retest(study, space, overrides: list[str], client, parent_id: str | None, k:
     out_root = Path("outputs") / "sweeps" / study.study_name / "retest"
     results = []
     for rank, trial in enumerate(picked, 1):
-        scores = {}
+        scores, files = {}, []
         for j in range(n):
             seed = FRESH_SEED_BASE + j
             out_dir = (out_root / f"trial_{trial.number:04d}_seed{seed}").resolve()
@@ -67,13 +67,10 @@ def retest(study, space, overrides: list[str], client, parent_id: str | None, k:
                 "encoderlab.retest_rank": str(rank),
             }
             train(cfg, parent_run_id=parent_id, tags=tags)
+            files.append(out_dir / TEST_PREDICTIONS)
             scores[seed] = json.loads((out_dir / "metrics.json").read_text())["test"][metric]
             log.info("Retest of trial %d, seed %d: %s=%.4f", trial.number, seed, metric, scores[seed])
         values = np.array(list(scores.values()))
-        files = [
-            out_root / f"trial_{trial.number:04d}_seed{s}" / "predictions" / "test_predictions.csv"
-            for s in scores
-        ]
         results.append(
             {
                 "rank": rank,

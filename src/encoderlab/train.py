@@ -135,6 +135,9 @@ def perf_metrics(module: SequenceClassifier, fit_seconds: float) -> dict[str, fl
     return out
 
 
+TEST_PREDICTIONS = Path("predictions") / "test_predictions.csv"  # in a run directory
+
+
 def test_predictions(dm: TextClassificationDataModule, probs: torch.Tensor) -> pd.DataFrame:
     """One row per test example: text, true label, prediction, confidence and every class probability."""
     test = dm.prepared.splits["test"]
@@ -267,9 +270,9 @@ def train(
         if complete:
             preds = test_predictions(dm, module.test_probs)
             if cfg.logger.log_predictions:
-                (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
-                preds.to_csv(run_dir / "predictions" / "test_predictions.csv", index=False)
-                run.log_artifact(run_dir / "predictions" / "test_predictions.csv", "predictions")
+                (run_dir / TEST_PREDICTIONS).parent.mkdir(parents=True, exist_ok=True)
+                preds.to_csv(run_dir / TEST_PREDICTIONS, index=False)
+                run.log_artifact(run_dir / TEST_PREDICTIONS, "predictions")
             log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())
             meta = {
                 "run": run.run_id or run_dir.name,
