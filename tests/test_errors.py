@@ -118,6 +118,7 @@ def test_disallowed_values_are_rejected_before_the_run(cli, tiny_bert, isolated,
         ("optimizer.lr=abc", ["'optimizer.lr'", "abc"]),
         ("trainer.precision=17", ["trainer.precision", "bf16-mixed"]),
         ("model=scratch_tiny model.conv_kernel=-1", ["'model.conv_kernel'", "-1", "positive kernel width"]),
+        ("model=scratch_tiny model.n_members=0", ["'model.n_members'", "0", "an ensemble"]),
         ("model=scratch_tiny model.conv_type=dilated", ["'model.conv_type'", "'dilated'", "depthwise, full"]),
     ],
 )

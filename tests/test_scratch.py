@@ -319,3 +319,69 @@ def test_models_saved_with_the_old_convolution_name_still_load():
     fresh.load_state_dict(old)  # strict: every key matched
     with torch.no_grad():
         torch.testing.assert_close(fresh(_padded(SENTENCE, 12)), model(_padded(SENTENCE, 12)))
+
+
+def test_ensemble_predicts_its_members_mean_probability_and_reloads(tmp_path):
+    """n_members > 1: softmax of the output is the mean of the members' probabilities, the members start
+    from different weights, padding still does not matter, attention maps are the members' per-layer mean,
+    and save_pretrained/from_pretrained gives back the same predictions."""
+    model = _model(n_members=3, pooling="max", conv_kernel=3, conv_type="full")
+    batch = _padded(SENTENCE, 12)
+    with torch.no_grad():
+        probs = model(batch).softmax(-1)
+        members = model.member_logits(batch).softmax(-1)  # (1, 3, 3)
+        logits, maps = model(batch, return_attentions=True)
+        member_maps = [m(batch, return_attentions=True)[1] for m in model.members]
+    assert members.shape == (1, 3, 3)
+    torch.testing.assert_close(probs, members.mean(dim=1))
+    assert (members[0, 0] - members[0, 1]).abs().max() > 1e-4  # independent inits
+    torch.testing.assert_close(logits.softmax(-1), probs)
+    assert len(maps) == 2
+    for layer, w in enumerate(maps):
+        torch.testing.assert_close(w, torch.stack([mm[layer] for mm in member_maps]).mean(0))
+        torch.testing.assert_close(w.sum(-1), torch.ones(1, 4, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(_padded(SENTENCE, 40)), model(batch), atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path / "ens")
+    again = ScratchEncoder.from_pretrained(tmp_path / "ens")
+    assert again.n_members == 3
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch), model(batch))
+    with pytest.raises(ConfigError, match="model.n_members"):
+        ScratchConfig(n_members=0)
+
+
+@pytest.mark.parametrize("bagging", [False, True])
+def test_ensemble_members_train_on_their_own_losses(bagging):
+    """Each member is trained on its own cross-entropy, not on the averaged prediction: a member's
+    gradient does not depend on the other members. With member_bagging each member weighs the examples
+    by its own Poisson(1) draw, so two members see differently weighted data in the same step."""
+    from omegaconf import OmegaConf
+
+    from encoderlab.models.classifier import SequenceClassifier
+
+    torch.manual_seed(0)
+    net = _model(n_members=2, member_bagging=bagging, dropout=0.0)
+    clf = SequenceClassifier(net, ["a", "b", "c"], OmegaConf.create({}), OmegaConf.create({})).train()
+    ids = torch.randint(4, 100, (16, 10))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.arange(16) % 3}
+    torch.manual_seed(1)
+    loss, probs = clf._step(batch)
+    with torch.no_grad():
+        logits = net.member_logits(batch)  # dropout 0: what the step saw
+    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].repeat_interleave(2))
+    assert torch.isclose(loss, plain, atol=1e-6) != bagging  # bagging reweights the examples
+    torch.testing.assert_close(probs, logits.softmax(-1).mean(1))  # train metrics: the ensemble's
+    loss.backward()
+    member0 = [p.grad.clone() for p in net.members[0].parameters() if p.grad is not None]
+
+    # the same step with member 1's weights changed: member 0's gradient must not move
+    net.zero_grad()
+    with torch.no_grad():
+        for p in net.members[1].parameters():
+            p.add_(torch.randn_like(p))
+    torch.manual_seed(1)
+    clf._step(batch)[0].backward()
+    again = [p.grad for p in net.members[0].parameters() if p.grad is not None]
+    for a, b in zip(member0, again, strict=True):
+        torch.testing.assert_close(a, b)

@@ -52,6 +52,8 @@ class ScratchModelConfig:
     attention: str = "auto"  # auto (SDPA; explicit for CPU training up to 1024 tokens) | sdpa | explicit
     conv_kernel: int = 0  # > 0: a convolution of this width in each block (local n-grams)
     conv_type: str = "depthwise"  # depthwise (per channel) | full (each output mixes all channels)
+    n_members: int = 1  # > 1: an ensemble of that many encoders in one model, probabilities averaged
+    member_bagging: bool = True  # ensembles: each member weighs each training example by a Poisson(1) draw
 
 
 @dataclass

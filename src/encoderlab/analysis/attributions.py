@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,8 +50,11 @@ def ig_baseline(input_ids: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> 
     return torch.where(keep, input_ids, torch.full_like(input_ids, tokenizer.pad_token_id))
 
 
-def _embedding_layer(net: nn.Module) -> nn.Module:
-    return net.tok_emb if isinstance(net, ScratchEncoder) else net.hf_model.get_input_embeddings()
+def _embedding_layers(net: nn.Module) -> nn.Module | list[nn.Module]:
+    """The token-embedding layer; for an ensemble scratch model each member's (attributions summed)."""
+    if isinstance(net, ScratchEncoder):
+        return [m.tok_emb for m in net.members] if net.n_members > 1 else net.tok_emb
+    return net.hf_model.get_input_embeddings()
 
 
 def _logits_fn(net: nn.Module, keys: tuple[str, ...]):
@@ -82,7 +86,9 @@ def integrated_gradients(
             batch = encode(net, tokenizer, [text], max_length)
             keys = tuple(k for k in batch if k != "input_ids")
             forward = _logits_fn(net, keys)
-            lig = LayerIntegratedGradients(forward, _embedding_layer(net))
+            with warnings.catch_warnings():  # an ensemble's member embeddings do not feed one another
+                warnings.filterwarnings("ignore", message="Multiple layers provided")
+                lig = LayerIntegratedGradients(forward, _embedding_layers(net))
             ids, extra = batch["input_ids"], tuple(batch[k] for k in keys)
             with torch.no_grad():
                 probs = forward(ids, *extra).softmax(dim=-1)[0]
@@ -97,6 +103,8 @@ def integrated_gradients(
                 n_steps=n_steps,
                 return_convergence_delta=True,
             )
+            if isinstance(attr, list):  # one per member's embeddings: IG's completeness holds for the sum
+                attr = torch.stack(attr).sum(dim=0)
             raw = attr.sum(dim=-1)[0].detach().double().cpu()  # (T,)
             norm = raw.norm()
             scores = raw / norm if norm > 0 else raw

@@ -3,14 +3,15 @@
 Token embedding + positions (sinusoidal | learned) -> N encoder blocks (pre-LN by default, post-LN as an
 option; residual connections around attention and MLP) -> final LayerNorm -> pooling (cls | mean | max,
 all mask-aware) -> classifier. Attention goes through F.scaled_dot_product_attention with a boolean
-key-padding mask, so padding gets exactly zero weight. Shapes: B batch, T tokens, C d_model, H heads.
+key-padding mask, so padding gets exactly zero weight. With n_members > 1 the model is an ensemble of
+that many such encoders (see ScratchEncoder). Shapes: B batch, T tokens, C d_model, H heads, M members.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from encoderlab.config import ALLOWED_VALUES
-from encoderlab.errors import ConfigError, conv_kernel_error, heads_error
+from encoderlab.errors import ConfigError, conv_kernel_error, heads_error, members_error
 
 
 @dataclass
@@ -39,6 +40,8 @@ class ScratchConfig:
     attention: str = "auto"  # auto | sdpa | explicit: see SelfAttention
     conv_kernel: int = 0  # > 0: a convolution over this many tokens in each block (LocalConv)
     conv_type: str = "depthwise"  # depthwise | full: see LocalConv
+    n_members: int = 1  # > 1: an ensemble of independent encoders (see ScratchEncoder)
+    member_bagging: bool = True  # ensembles: per-member Poisson(1) example weights in training
     pad_token_id: int = 0
     num_labels: int = 2
 
@@ -47,6 +50,8 @@ class ScratchConfig:
             raise heads_error(self.d_model, self.n_heads)
         if self.conv_kernel < 0:
             raise conv_kernel_error(self.conv_kernel)
+        if self.n_members < 1:
+            raise members_error(self.n_members)
         # the values the config check allows
         for key in ("positions", "norm", "pooling", "attention", "conv_type"):
             allowed = ALLOWED_VALUES[f"model.{key}"]
@@ -180,7 +185,15 @@ class Block(nn.Module):
 class ScratchEncoder(nn.Module):
     """forward(batch) -> logits (B, num_labels); with return_attentions=True also a list of per-layer
     attention maps, each (B, H, T, T). Built from a ScratchConfig, or from keyword arguments (Hydra's
-    `_target_`), where `tokenizer` sets vocab_size and pad_token_id."""
+    `_target_`), where `tokenizer` sets vocab_size and pad_token_id.
+
+    n_members > 1 makes it an ensemble: `members` holds that many single encoders, each with its own
+    embeddings and random init. forward returns log(mean of the members' probabilities), so softmax,
+    argmax and cross-entropy read the averaged prediction; attention maps are averaged over members per
+    layer. Training does not fit that average (members fitted jointly co-adapt and lose their diversity):
+    SequenceClassifier gives each member its own loss on `member_logits`, with member_bagging each
+    example weighted by the member's own Poisson(1) draw per step (online bagging), so the members differ
+    in data as independently trained models do, not only in their init and dropout masks."""
 
     def __init__(
         self,
@@ -198,6 +211,13 @@ class ScratchEncoder(nn.Module):
         self.id2label = {
             int(k): v for k, v in (id2label or {i: str(i) for i in range(cfg.num_labels)}).items()
         }
+        self.n_members, self.member_bagging = cfg.n_members, cfg.member_bagging
+        if cfg.n_members > 1:  # an ensemble: nothing of its own but the members
+            one = replace(cfg, n_members=1)
+            self.members = nn.ModuleList(
+                ScratchEncoder(one, id2label=self.id2label) for _ in range(cfg.n_members)
+            )
+            return
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
         if cfg.positions == "learned":
             self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
@@ -230,7 +250,15 @@ class ScratchEncoder(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    def member_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Each member's logits, (B, M, num_labels); M = 1 for a single encoder."""
+        if self.n_members == 1:
+            return self(batch).unsqueeze(1)
+        return torch.stack([member(batch) for member in self.members], dim=1)
+
     def forward(self, batch: dict[str, torch.Tensor], return_attentions: bool = False):
+        if self.n_members > 1:
+            return self._ensemble_forward(batch, return_attentions)
         ids = batch["input_ids"]  # (B, T)
         B, T = ids.shape
         if ids.size(1) > self.cfg.max_len:
@@ -248,6 +276,16 @@ class ScratchEncoder(nn.Module):
         pooled = self._pool(x, keep)  # (B, C)
         logits = self.head(self.drop(pooled))  # (B, num_labels)
         return (logits, maps) if return_attentions else logits
+
+    def _ensemble_forward(self, batch: dict[str, torch.Tensor], return_attentions: bool):
+        outs = [member(batch, return_attentions) for member in self.members]
+        logits = torch.stack([o[0] if return_attentions else o for o in outs], dim=1)  # (B, M, L)
+        log_probs = logits.float().log_softmax(dim=-1)
+        mixed = torch.logsumexp(log_probs, dim=1) - math.log(self.n_members)  # log mean prob, (B, L)
+        if not return_attentions:
+            return mixed
+        per_layer = zip(*(o[1] for o in outs), strict=True)  # layer by layer, one map per member
+        return mixed, [torch.stack(maps).mean(dim=0) for maps in per_layer]  # each (B, H, T, T)
 
     def save_pretrained(
         self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
