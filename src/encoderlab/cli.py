@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+import encoderlab
 from encoderlab import __version__
 
 USAGE = f"""\
@@ -155,6 +156,7 @@ config tree: {conf}
 
 
 def main(argv: list[str] | None = None) -> int:
+    encoderlab.restart_clock()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)

@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,8 +280,6 @@ PRUNER_DEFAULTS = {"median": {"n_startup_trials": 5, "n_warmup_steps": 2}}
 
 
 def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: dict | None = None):
-    import warnings
-
     from optuna.exceptions import ExperimentalWarning
 
     kwargs = {**SAMPLER_DEFAULTS.get(name, {}), **(args or {}), "seed": seed}
@@ -304,16 +303,19 @@ def storage_url(study: dict[str, Any]) -> str:
 
 def open_study(space: Space):
     import optuna
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage
 
     url = storage_url(space.study)
     # heartbeats let a rerun (or another worker) mark trials whose process died as FAIL
     try:
-        storage = RDBStorage(
-            url,
-            heartbeat_interval=int(space.study["heartbeat_interval"]),
-            grace_period=int(space.study["grace_period"]),
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            storage = RDBStorage(
+                url,
+                heartbeat_interval=int(space.study["heartbeat_interval"]),
+                grace_period=int(space.study["grace_period"]),
+            )
     except Exception as ex:  # unreachable server, bad URL, missing driver
         raise EncoderlabError(
             f"Could not open the study storage {_redact(url)}: {type(ex).__name__}: {' '.join(str(ex).split())[:300]}"
@@ -611,6 +613,7 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
     """Run trials until n_trials are complete or pruned (counting every worker's)."""
     import optuna
     from hydra.core.hydra_config import HydraConfig
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
@@ -620,7 +623,9 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
     target = space.study["n_trials"]
     failures = 0
     while True:
-        fail_stale_trials(study)
+        with warnings.catch_warnings():  # experimental, like the heartbeats it reads
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fail_stale_trials(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             _mark_trial_runs(
                 tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", skip_marked=True

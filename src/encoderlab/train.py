@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+import encoderlab
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.errors import EncoderlabError
 from encoderlab.evaluation.analyze import analyze
@@ -111,11 +112,9 @@ def build_trainer(
     return trainer, checkpoint
 
 
-def perf_metrics(module: SequenceClassifier, fit_seconds: float) -> dict[str, float]:
+def perf_metrics(module: SequenceClassifier, fit_seconds: float, started_at: float) -> dict[str, float]:
     """Throughput of the fit: training alone (periodic validation excluded) and validation."""
     import resource
-
-    import encoderlab
 
     train_seconds = max(fit_seconds - module.val_seconds, 1e-9)
     tokens = float(module.train_tokens_seen)
@@ -131,7 +130,7 @@ def perf_metrics(module: SequenceClassifier, fit_seconds: float) -> dict[str, fl
     if module.val_seconds > 0:
         out["perf/val_samples_per_second"] = module.val_samples_seen / module.val_seconds
     if module.first_step_at is not None:  # from the start of the command to the first training batch
-        out["perf/seconds_to_first_step"] = module.first_step_at - encoderlab.STARTED_AT
+        out["perf/seconds_to_first_step"] = module.first_step_at - started_at
     return out
 
 
@@ -163,6 +162,7 @@ def train(
 ) -> float | None:
     """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric.
     `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run."""
+    started_at = encoderlab.run_started_at()
     run_dir = Path(cfg.output_dir).resolve()
     _route_lightning_logs_through_hydra()
     L.seed_everything(cfg.seed, workers=True)
@@ -236,7 +236,7 @@ def train(
         fit_start = time.perf_counter()
         trainer.fit(module, datamodule=dm)
         fit_seconds = time.perf_counter() - fit_start
-        run.log_metrics(perf_metrics(module, fit_seconds))
+        run.log_metrics(perf_metrics(module, fit_seconds, started_at))
 
         # ---- test with the best checkpoint ----------------------------------------------------------
         best = checkpoint.best_model_path or None
