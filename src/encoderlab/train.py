@@ -129,7 +129,8 @@ def perf_metrics(module: SequenceClassifier, fit_seconds: float, started_at: flo
     }
     if module.val_seconds > 0:
         out["perf/val_samples_per_second"] = module.val_samples_seen / module.val_seconds
-    if module.first_step_at is not None:  # from the start of the command to the first training batch
+    # from the run's start (encoderlab.run_started_at) to its first training batch
+    if module.first_step_at is not None:
         out["perf/seconds_to_first_step"] = module.first_step_at - started_at
     return out
 
