@@ -3,17 +3,19 @@
     ENCODERLAB_DATA_DIR=../shared/data python bench/sweep_pruning.py [--sweep trec_scratch] [--n-trials 20]
 
 In one work directory (default: a fresh temporary one) it runs, as a user would:
-  1. encoderlab sweep sweep=<name> n_trials=N pruner=hyperband study_name=<name>_hyperband --retest 1,3
+  1. encoderlab sweep sweep=<name> n_trials=N pruner=hyperband study_name=<name>_hyperband
   2. encoderlab sweep sweep=<name> n_trials=N pruner=none      study_name=<name>_none
   3. encoderlab train -m experiment=<preset> seed=10000,10001,10002   (the preset on the re-test's seeds)
-and writes bench/results/sweep_<name>.json: per study the trials complete/pruned, the epochs spent (one
-validation per epoch = one Optuna intermediate value), the best validation value and wall time; the
-epoch ratio and best-value gap between the two; the winner's test accuracy over 3 fresh seeds against the
-preset's over the same seeds.
+Whichever of 1 and 2 uses the pruner that `sweeps/<name>.yaml` ships (what `encoderlab sweep
+sweep=<name>` runs) also gets `--retest 1,3`. It writes bench/results/sweep_<name>.json: per study the
+trials complete/pruned, the epochs spent (one validation per epoch = one Optuna intermediate value), the
+best validation value and wall time; the epoch ratio and best-value gap between the two; the winner's test
+accuracy over 3 fresh seeds against the preset's over the same seeds.
 
---reuse-none URL copies a finished `<name>_none` study from another storage instead of running step 2
-again (38 min for trec_scratch here), for when only the pruner's settings changed; its wall time is
-taken from its trials' timestamps.
+--reuse-none URL[#STUDY] / --reuse-hyperband URL[#STUDY] copy a finished study from another storage
+(STUDY: its name there, default <name>_none / <name>_hyperband) instead of running it again (2.5 h for
+the no-pruning trec_scratch study on 2 cores); its wall time is taken from its trials' timestamps. The
+sweep command then still runs on the copy: it finds the study finished and only re-tests.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
+import yaml
+
 RESULTS = Path(__file__).resolve().parent / "results"
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 RETEST_SEEDS = (10000, 10001, 10002)  # encoderlab.retest.FRESH_SEED_BASE + j
 
 
@@ -55,13 +60,18 @@ def study_summary(url: str, name: str, wall: float) -> dict:
     }
 
 
-def copy_study(from_url: str, to_url: str, name: str) -> float:
-    """Copy a finished study into this work dir's storage; its wall time from the trials' timestamps."""
+def copy_study(source: str, to_url: str, name: str) -> float:
+    """Copy a finished study (URL[#STUDY]) into this work dir's storage as `name`; its wall time from the
+    trials' timestamps."""
     import optuna
 
-    source = optuna.load_study(study_name=name, storage=from_url)
+    from_url, _, from_name = source.partition("#")
+    from_name = from_name or name
+    source = optuna.load_study(study_name=from_name, storage=from_url)
     if name not in optuna.get_all_study_names(to_url):
-        optuna.copy_study(from_study_name=name, from_storage=from_url, to_storage=to_url)
+        optuna.copy_study(
+            from_study_name=from_name, from_storage=from_url, to_storage=to_url, to_study_name=name
+        )
     trials = [t for t in source.trials if t.datetime_start and t.datetime_complete]
     start = min(t.datetime_start for t in trials)
     return (max(t.datetime_complete for t in trials) - start).total_seconds()
@@ -75,7 +85,8 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="experiment preset to compare (default: --sweep)")
     parser.add_argument("--n-trials", type=int, default=20)
     parser.add_argument("--work", type=Path, help="work directory (default: a fresh temporary one)")
-    parser.add_argument("--reuse-none", default=None, help="storage URL of a finished <name>_none study")
+    parser.add_argument("--reuse-none", default=None, help="URL[#STUDY] of a finished no-pruning study")
+    parser.add_argument("--reuse-hyperband", default=None, help="URL[#STUDY] of a finished hyperband study")
     parser.add_argument("extra", nargs="*", help="overrides for every trial and run")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix=f"sweep_{args.sweep}_"))
@@ -84,11 +95,19 @@ def main() -> None:
     url = f"sqlite:///{work / 'outputs' / 'optuna.db'}"
     sweep = ["encoderlab", "sweep", f"sweep={args.sweep}", f"n_trials={args.n_trials}", *args.extra]
 
-    hb_wall = run([*sweep, "pruner=hyperband", f"study_name={args.sweep}_hyperband", "--retest", "1,3"], work)
-    if args.reuse_none:
-        none_wall = copy_study(args.reuse_none, url, f"{args.sweep}_none")
-    else:
-        none_wall = run([*sweep, "pruner=none", f"study_name={args.sweep}_none"], work)
+    (work / "outputs").mkdir(exist_ok=True)
+    shipped = yaml.safe_load((SWEEPS / f"{args.sweep}.yaml").read_text())["study"]["pruner"]
+    walls, commands = {}, {}
+    for pruner, reuse in (("hyperband", args.reuse_hyperband), ("none", args.reuse_none)):
+        name = f"{args.sweep}_{pruner}"
+        cmd = [*sweep, f"pruner={pruner}", f"study_name={name}"]
+        cmd += ["--retest", "1,3"] if pruner == shipped else []
+        commands[pruner] = " ".join(cmd) + (f"  (reused: copied from {reuse})" if reuse else "")
+        if reuse:
+            walls[pruner] = copy_study(reuse, url, name)
+        if not reuse or pruner == shipped:  # on a copied, finished study this only re-tests
+            wall = run(cmd, work)
+            walls.setdefault(pruner, wall)
     seeds = ",".join(map(str, RETEST_SEEDS))
     preset_wall = run(
         [
@@ -105,11 +124,10 @@ def main() -> None:
         work,
     )
 
-    hb = study_summary(url, f"{args.sweep}_hyperband", hb_wall)
-    none = study_summary(url, f"{args.sweep}_none", none_wall)
-    retest = json.loads(
-        (work / "outputs" / "sweeps" / f"{args.sweep}_hyperband" / "retest" / "retest.json").read_text()
-    )
+    hb = study_summary(url, f"{args.sweep}_hyperband", walls["hyperband"])
+    none = study_summary(url, f"{args.sweep}_none", walls["none"])
+    retested = f"{args.sweep}_{shipped}"
+    retest = json.loads((work / "outputs" / "sweeps" / retested / "retest" / "retest.json").read_text())
     winner = retest["results"][0]
     preset_scores = []
     for f in sorted(work.glob("outputs/multirun/*/*/*/metrics.json")):
@@ -118,9 +136,8 @@ def main() -> None:
     result = {
         "benchmark": f"sweep_{args.sweep}",
         "commands": [
-            " ".join([*sweep, "pruner=hyperband", f"study_name={args.sweep}_hyperband", "--retest", "1,3"]),
-            " ".join([*sweep, "pruner=none", f"study_name={args.sweep}_none"])
-            + (f"  (reused: copied from {args.reuse_none})" if args.reuse_none else ""),
+            commands["hyperband"],
+            commands["none"],
             f"encoderlab train -m experiment={preset} seed={seeds} analysis=none probes=none",
         ],
         "hyperband": hb,
@@ -130,6 +147,7 @@ def main() -> None:
         "pruning_target": "epochs ratio <= 0.5 with best value within 1 point",
         "pruning_met": hb["epochs"] <= 0.5 * none["epochs"] and none["best_value"] - hb["best_value"] <= 0.01,
         "retest": {
+            "study": retested,
             "metric": retest["metric"],
             "winner_trial": winner["trial"],
             "winner_params": winner["params"],
