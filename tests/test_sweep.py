@@ -408,3 +408,40 @@ def test_two_workers_finish_exactly_n_trials_on_postgresql(cli, isolated):
     assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == 3
     assert "encoderlab:***@" in res.err or "password" not in res.err  # the password is not logged
     optuna.delete_study(study_name=name, storage=url)
+
+
+def test_study_report_plots_numeric_choices_without_log_noise(tmp_path, caplog):
+    """A space with numeric categorical choices (vocab sizes) gets its plots and best.yaml, and the
+    sweep's log is not flooded with matplotlib's per-axis 'categorical units' INFO lines."""
+    import logging
+
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from encoderlab.study_report import write_study_report
+    from encoderlab.sweep import Space
+
+    study = optuna.create_study(direction="maximize")
+    dists = {
+        "tokenizer.vocab_size": CategoricalDistribution([2000, 4000, 8000]),
+        "optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True),
+    }
+    for i, (vocab, lr) in enumerate([(2000, 1e-3), (4000, 3e-3), (8000, 5e-4), (4000, 1e-4)]):
+        overrides = ["experiment=trec_scratch", f"tokenizer.vocab_size={vocab}", f"optimizer.lr={lr}"]
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={"tokenizer.vocab_size": vocab, "optimizer.lr": lr},
+                distributions=dists,
+                value=0.8 + 0.01 * i,
+                user_attrs={"overrides": overrides},
+            )
+        )
+    space = Space("tiny", tmp_path / "tiny.yaml", [], {"metric": "val/accuracy"}, {})
+    caplog.set_level(logging.INFO)
+    files = write_study_report(study, space, tmp_path)
+
+    assert not [r for r in caplog.records if r.name == "matplotlib.category"]
+    for plot in ("optimization_history", "parallel_coordinate", "slice", "param_importances"):
+        assert files[plot].stat().st_size > 10_000, plot
+    best = yaml.safe_load(files["best_yaml"].read_text())
+    assert best["tokenizer"]["vocab_size"] == 4000 and best["optimizer"]["lr"] == 1e-4

@@ -45,6 +45,9 @@ def write_study_report(study, space, out_dir: Path) -> dict[str, Path]:
     from optuna.trial import TrialState
     from optuna.visualization import matplotlib as ovm
 
+    # optuna plots numeric categorical choices (vocab_size 2000/4000/...) as strings, and matplotlib then
+    # logs an INFO line per axis that the sweep's log would show once per plot
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
     report = out_dir / "report"
     report.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
