@@ -185,6 +185,7 @@ def test_multirun_makes_one_mlflow_run_per_job(cli, tiny_bert, mlflow_client):
     first, second = sorted(runs, key=lambda r: r.info.run_name)
     took_before = (second.info.start_time - first.info.start_time) / 1000
     assert 0 < second.data.metrics["perf/seconds_to_first_step"] < took_before
+    assert "Lightning Experiments platform" not in res.out + res.err  # no logger advert per job
 
 
 def test_crash_marks_run_failed(cli, tiny_bert, mlflow_client):

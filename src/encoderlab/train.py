@@ -34,6 +34,17 @@ from encoderlab.tracking import TrackedRun, flatten, resolved_config
 log = logging.getLogger(__name__)
 
 
+class _NoLoggerAdvert(logging.Filter):
+    """Lightning logs a tip to install its cloud logger at every Trainer start, once per multirun job and
+    sweep trial; encoderlab's runs go to MLflow."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoLoggerAdvert())
+
+
 def training_precision(precision: str, accelerator: str) -> str:
     """Lightning's precision for trainer.precision; 'auto' is bf16-mixed where the hardware has native
     bf16 (AVX512-BF16/AMX CPUs, Ampere+ GPUs), else 32."""
