@@ -6,11 +6,12 @@ In one work directory (default: a fresh temporary one) it runs, as a user would:
   1. encoderlab sweep sweep=<name> n_trials=N pruner=hyperband study_name=<name>_hyperband
   2. encoderlab sweep sweep=<name> n_trials=N pruner=none      study_name=<name>_none
   3. encoderlab train -m experiment=<preset> seed=10000,10001,10002   (the preset on the re-test's seeds)
-Whichever of 1 and 2 uses the pruner that `sweeps/<name>.yaml` ships (what `encoderlab sweep
-sweep=<name>` runs) also gets `--retest 1,3`. It writes bench/results/sweep_<name>.json: per study the
-trials complete/pruned, the epochs spent (one validation per epoch = one Optuna intermediate value), the
-best validation value and wall time; the epoch ratio and best-value gap between the two; the winner's test
-accuracy over 3 fresh seeds against the preset's over the same seeds.
+Both sweeps run with `--retest 1,3`; the accuracy target is judged on the one whose pruner
+`sweeps/<name>.yaml` ships (what `encoderlab sweep sweep=<name>` runs). It writes
+bench/results/sweep_<name>.json: per study the trials complete/pruned, the epochs spent (one validation
+per epoch = one Optuna intermediate value), the best validation value and wall time; the epoch ratio and
+best-value gap between the two; each winner's test accuracy over 3 fresh seeds against the preset's over
+the same seeds.
 
 --reuse-none URL[#STUDY] / --reuse-hyperband URL[#STUDY] copy a finished study from another storage
 (STUDY: its name there, default <name>_none / <name>_hyperband) instead of running it again (2.5 h for
@@ -100,14 +101,12 @@ def main() -> None:
     walls, commands = {}, {}
     for pruner, reuse in (("hyperband", args.reuse_hyperband), ("none", args.reuse_none)):
         name = f"{args.sweep}_{pruner}"
-        cmd = [*sweep, f"pruner={pruner}", f"study_name={name}"]
-        cmd += ["--retest", "1,3"] if pruner == shipped else []
+        cmd = [*sweep, f"pruner={pruner}", f"study_name={name}", "--retest", "1,3"]
         commands[pruner] = " ".join(cmd) + (f"  (reused: copied from {reuse})" if reuse else "")
         if reuse:
             walls[pruner] = copy_study(reuse, url, name)
-        if not reuse or pruner == shipped:  # on a copied, finished study this only re-tests
-            wall = run(cmd, work)
-            walls.setdefault(pruner, wall)
+        wall = run(cmd, work)  # on a copied, finished study this only re-tests
+        walls.setdefault(pruner, wall)
     seeds = ",".join(map(str, RETEST_SEEDS))
     preset_wall = run(
         [
@@ -126,13 +125,25 @@ def main() -> None:
 
     hb = study_summary(url, f"{args.sweep}_hyperband", walls["hyperband"])
     none = study_summary(url, f"{args.sweep}_none", walls["none"])
-    retested = f"{args.sweep}_{shipped}"
-    retest = json.loads((work / "outputs" / "sweeps" / retested / "retest" / "retest.json").read_text())
-    winner = retest["results"][0]
     preset_scores = []
     for f in sorted(work.glob("outputs/multirun/*/*/*/metrics.json")):
-        preset_scores.append(json.loads(f.read_text())["test"][retest["metric"]])
+        preset_scores.append(json.loads(f.read_text())["test"]["test/accuracy"])
     preset_mean = sum(preset_scores) / len(preset_scores)
+    retests = {}
+    for pruner in ("hyperband", "none"):
+        path = work / "outputs" / "sweeps" / f"{args.sweep}_{pruner}" / "retest" / "retest.json"
+        retest = json.loads(path.read_text())
+        winner = retest["results"][0]
+        retests[pruner] = {
+            "metric": retest["metric"],
+            "winner_trial": winner["trial"],
+            "winner_params": winner["params"],
+            "winner_seeds": winner["seeds"],
+            "winner_mean": winner["mean"],
+            "winner_std": winner["std"],
+            "gain_over_preset_points": 100 * (winner["mean"] - preset_mean),
+            "met": winner["mean"] >= 0.90 and winner["mean"] - preset_mean >= 0.02,
+        }
     result = {
         "benchmark": f"sweep_{args.sweep}",
         "commands": [
@@ -146,22 +157,16 @@ def main() -> None:
         "best_value_gap_points": 100 * (none["best_value"] - hb["best_value"]),
         "pruning_target": "epochs ratio <= 0.5 with best value within 1 point",
         "pruning_met": hb["epochs"] <= 0.5 * none["epochs"] and none["best_value"] - hb["best_value"] <= 0.01,
-        "retest": {
-            "study": retested,
-            "metric": retest["metric"],
-            "winner_trial": winner["trial"],
-            "winner_params": winner["params"],
-            "winner_seeds": winner["seeds"],
-            "winner_mean": winner["mean"],
-            "winner_std": winner["std"],
-            "preset": preset,
-            "preset_seeds": dict(zip(map(str, RETEST_SEEDS), preset_scores, strict=False)),
-            "preset_mean": preset_mean,
-            "preset_wall_seconds": round(preset_wall, 1),
-            "gain_points": 100 * (winner["mean"] - preset_mean),
-            "target": "winner mean >= 0.90 and >= 2 points above the preset",
-            "met": winner["mean"] >= 0.90 and winner["mean"] - preset_mean >= 0.02,
+        "preset": {
+            "experiment": preset,
+            "seeds": dict(zip(map(str, RETEST_SEEDS), preset_scores, strict=False)),
+            "mean": preset_mean,
+            "wall_seconds": round(preset_wall, 1),
         },
+        "retests": retests,
+        "accuracy_target": "re-tested winner mean >= 0.90 and >= 2 points above the preset",
+        "accuracy_target_study": f"{args.sweep}_{shipped} (the pruner sweeps/{args.sweep}.yaml ships)",
+        "accuracy_met": retests[shipped]["met"],
         "machine": f"{os.cpu_count()} CPU cores, torch {version('torch')}",
         "work_dir": str(work),
     }
