@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -61,6 +62,8 @@ def build_trainer(
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning Trainer from cfg.trainer and cfg.callbacks (validation interval in optimizer steps)."""
     tc, cb = cfg.trainer, cfg.callbacks
+    # Lightning's batch flattening builds torch's deprecated LeafSpec; nothing a user can act on
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
     precision = training_precision(tc.precision, tc.accelerator)
     if precision == "16-mixed" and not (
         tc.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
