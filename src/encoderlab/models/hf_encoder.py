@@ -122,9 +122,12 @@ class HFEncoderClassifier(nn.Module):
         self._attention = loaded
         self._freeze(freeze_embeddings, freeze_layers)
         if gradient_checkpointing:
-            self.hf_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            if hasattr(self.hf_model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                self.hf_model.activation_checkpointing_enable({"use_reentrant": False})
+            else:
+                self.hf_model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
 
     def _encoder_layers(self) -> nn.ModuleList | None:
         n = getattr(self.hf_model.config, "num_hidden_layers", None) or getattr(
