@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,12 +280,20 @@ SAMPLER_DEFAULTS = {
 PRUNER_DEFAULTS = {"median": {"n_startup_trials": 5, "n_warmup_steps": 2}}
 
 
-def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: dict | None = None):
+@contextmanager
+def _no_experimental_warnings():
+    """Optuna calls features it still marks experimental (TPE's multivariate/group since 2.2, heartbeats
+    and fail_stale_trials since 2.9) at every use; sweeps rely on them, so the warning says nothing."""
     from optuna.exceptions import ExperimentalWarning
 
-    kwargs = {**SAMPLER_DEFAULTS.get(name, {}), **(args or {}), "seed": seed}
-    with warnings.catch_warnings():  # TPE's multivariate/group are "experimental" since optuna 2.2
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: dict | None = None):
+    kwargs = {**SAMPLER_DEFAULTS.get(name, {}), **(args or {}), "seed": seed}
+    with _no_experimental_warnings():
         if name == "grid":
             return optuna_class("sampler", name)({k: list(s["choices"]) for k, s in params.items()}, **kwargs)
         return optuna_class("sampler", name)(**kwargs)
@@ -303,14 +312,12 @@ def storage_url(study: dict[str, Any]) -> str:
 
 def open_study(space: Space):
     import optuna
-    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RDBStorage
 
     url = storage_url(space.study)
     # heartbeats let a rerun (or another worker) mark trials whose process died as FAIL
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" since optuna 2.9
-            warnings.simplefilter("ignore", ExperimentalWarning)
+        with _no_experimental_warnings():
             storage = RDBStorage(
                 url,
                 heartbeat_interval=int(space.study["heartbeat_interval"]),
@@ -613,7 +620,6 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
     """Run trials until n_trials are complete or pruned (counting every worker's)."""
     import optuna
     from hydra.core.hydra_config import HydraConfig
-    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
@@ -623,8 +629,7 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
     target = space.study["n_trials"]
     failures = 0
     while True:
-        with warnings.catch_warnings():  # experimental, like the heartbeats it reads
-            warnings.simplefilter("ignore", ExperimentalWarning)
+        with _no_experimental_warnings():
             fail_stale_trials(study)
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
             _mark_trial_runs(

@@ -36,14 +36,10 @@ log = logging.getLogger(__name__)
 
 
 class _NoLoggerAdvert(logging.Filter):
-    """Lightning logs a tip to install its cloud logger at every Trainer start, once per multirun job and
-    sweep trial; encoderlab's runs go to MLflow."""
+    """Drops Lightning's tip to install its cloud logger (encoderlab's runs go to MLflow)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "litlogger" not in record.getMessage()
-
-
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoLoggerAdvert())
 
 
 def training_precision(precision: str, accelerator: str) -> str:
@@ -62,8 +58,6 @@ def build_trainer(
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """Lightning Trainer from cfg.trainer and cfg.callbacks (validation interval in optimizer steps)."""
     tc, cb = cfg.trainer, cfg.callbacks
-    # Lightning's batch flattening builds torch's deprecated LeafSpec; nothing a user can act on
-    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
     precision = training_precision(tc.precision, tc.accelerator)
     if precision == "16-mixed" and not (
         tc.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
@@ -159,14 +153,20 @@ def test_predictions(dm: TextClassificationDataModule, probs: torch.Tensor) -> p
     return predictions_frame(test["text"], np.asarray(test["labels"]), probs.numpy(), dm.label_names, pairs)
 
 
-def _route_lightning_logs_through_hydra() -> None:
-    """Lightning adds its own console handler; Hydra's root handlers already print (and file) its logs."""
+def _tidy_lightning_output() -> None:
+    """Lightning adds its own console handler; Hydra's root handlers already print (and file) its logs.
+    Its cloud-logger advert and torch's LeafSpec deprecation (from Lightning's batch flattening) would
+    show at every run, and a user can act on neither."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if logging.getLogger().handlers:
             for handler in list(logger.handlers):
                 logger.removeHandler(handler)
             logger.propagate = True
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _NoLoggerAdvert) for f in rank_zero.filters):
+        rank_zero.addFilter(_NoLoggerAdvert())
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
 def train(
@@ -179,7 +179,7 @@ def train(
     `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run."""
     started_at = encoderlab.run_started_at()
     run_dir = Path(cfg.output_dir).resolve()
-    _route_lightning_logs_through_hydra()
+    _tidy_lightning_output()
     L.seed_everything(cfg.seed, workers=True)
     if cfg.trainer.num_threads:  # set once, before any op has spun up the thread pool
         torch.set_num_threads(cfg.trainer.num_threads)
