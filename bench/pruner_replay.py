@@ -64,7 +64,7 @@ def replay(curves: list[list[float]], order: list[int], pruner, name: str) -> tu
 
 
 def main() -> None:
-    from encoderlab.sweep import make_pruner
+    from encoderlab.sweep.study import make_pruner
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -34,7 +34,7 @@ import yaml
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
-RETEST_SEEDS = (10000, 10001, 10002)  # encoderlab.retest.FRESH_SEED_BASE + j
+RETEST_SEEDS = (10000, 10001, 10002)  # encoderlab.sweep.retest.FRESH_SEED_BASE + j
 
 
 def run(cmd: list[str], cwd: Path) -> float:

@@ -249,7 +249,8 @@ def test_bad_search_space_fails_before_any_training(cli, isolated, changes, mess
 def test_sampler_and_pruner_args_reach_optuna_and_follow_their_pruner(isolated):
     """study.pruner_args configure the space's pruner; naming another pruner on the command line drops
     them (they belong to the pruner they were written for) unless pruner_args is given there too."""
-    from encoderlab.sweep import apply_study_args, load_space, make_pruner, make_sampler
+    from encoderlab.sweep.space import apply_study_args, load_space
+    from encoderlab.sweep.study import make_pruner, make_sampler
 
     write_space(
         isolated,
@@ -278,14 +279,8 @@ def test_the_same_command_proposes_the_same_trials_and_workers_differ(isolated, 
     """The sampler is seeded from study.seed: two new studies (e.g. with and without pruning) start from
     the same configurations; a second local worker, or a process joining a study with trials, does not
     repeat the first one's sequence."""
-    from encoderlab.sweep import (
-        WORKER_ENV,
-        apply_study_args,
-        load_space,
-        open_study,
-        sampler_seed_offset,
-        suggest,
-    )
+    from encoderlab.sweep.space import apply_study_args, load_space, suggest
+    from encoderlab.sweep.study import WORKER_ENV, open_study, sampler_seed_offset
 
     write_space(isolated)
 
@@ -418,8 +413,8 @@ def test_study_report_plots_numeric_choices_without_log_noise(tmp_path, caplog):
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from encoderlab.study_report import write_study_report
-    from encoderlab.sweep import Space
+    from encoderlab.sweep.report import write_study_report
+    from encoderlab.sweep.space import Space
 
     study = optuna.create_study(direction="maximize")
     dists = {

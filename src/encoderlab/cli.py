@@ -1,8 +1,8 @@
-"""`encoderlab` console script: a thin dispatcher that never imports torch or lightning itself."""
+"""`encoderlab` console script: a thin dispatcher to encoderlab.commands.<name>.main (torch and lightning
+are imported only by the commands that need them)."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import encoderlab
@@ -44,115 +44,7 @@ environment:
 """
 
 
-def _task(cfg) -> float | None:
-    """Hydra task: check allowed values first, then import the heavy training stack."""
-    from encoderlab.validate import validate_config
-
-    validate_config(cfg)
-    from encoderlab.train import train
-
-    return train(cfg)
-
-
-def _evaluate_task(cfg) -> float:
-    from encoderlab.validate import validate_evaluate_config
-
-    validate_evaluate_config(cfg)
-    from encoderlab.evaluate import evaluate
-
-    return evaluate(cfg)
-
-
-def _plain_command(module: str, argv: list[str]) -> int:
-    """An argparse command (predict, table): its EncoderlabErrors become one line and exit code 1."""
-    import importlib
-
-    from encoderlab.errors import EncoderlabError
-
-    try:
-        return importlib.import_module(f"encoderlab.{module}").main(argv)
-    except EncoderlabError as ex:
-        from encoderlab.errors import ConfigError
-
-        print(f"error: {ex}", file=sys.stderr)
-        return 2 if isinstance(ex, ConfigError) else 1
-
-
-def run_hydra(argv: list[str], config_name: str, task, prog: str) -> int:
-    """Run a Hydra app over the packaged conf/ and turn config mistakes into plain errors."""
-    import hydra
-
-    from encoderlab.config import conf_dir, register_configs
-    from encoderlab.errors import ConfigError, EncoderlabError, format_config_error
-
-    register_configs()
-    main_fn = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
-    user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
-    saved_argv = sys.argv
-    sys.argv = [prog, *argv]
-    try:
-        main_fn()
-    except EncoderlabError as ex:
-        if user_full_error:
-            raise
-        print(f"error: {ex}", file=sys.stderr)
-        return 2 if isinstance(ex, ConfigError) else 1
-    except Exception as ex:
-        message = format_config_error(ex)
-        if message is None or user_full_error:
-            raise
-        print(f"error: {message}", file=sys.stderr)
-        return 2
-    finally:
-        from encoderlab.multirun import close_open_parent
-
-        close_open_parent()
-        sys.argv = saved_argv
-        if not user_full_error:
-            os.environ.pop("HYDRA_FULL_ERROR", None)
-    return 0
-
-
-def train_help(config_name: str = "train") -> str:
-    """`encoderlab train --help` from the config files alone: Hydra's generated help deep-copies the
-    whole config store once per group option (over a second); this answers in tens of milliseconds."""
-    import yaml
-
-    from encoderlab.paths import conf_dir
-
-    conf = conf_dir()
-    defaults: dict[str, str] = {}
-    for entry in yaml.safe_load((conf / f"{config_name}.yaml").read_text()).get("defaults", []):
-        if isinstance(entry, dict):
-            defaults.update({str(k): str(v) for k, v in entry.items()})
-    lines = []
-    groups = sorted(d for d in conf.iterdir() if d.is_dir() and d.name != "hydra")
-    if config_name != "train":  # evaluate composes only some groups
-        groups = [g for g in groups if g.name in defaults]
-    for group in groups:
-        options = sorted(f.stem for f in group.glob("*.yaml"))
-        marked = [f"{o}*" if defaults.get(group.name) == o else o for o in options]
-        lines.append(f"  {group.name + ':':<11} {', '.join(marked)}")
-    launchers = sorted(f.stem for f in (conf / "hydra" / "launcher").glob("*.yaml"))
-    return f"""\
-encoderlab {config_name}: compose conf/{config_name}.yaml with your overrides and run it
-
-usage: encoderlab {config_name} [group=option ...] [key=value ...] [flags]
-
-config groups (pick one with group=option; * marks the default):
-{chr(10).join(lines)}
-
-flags:
-  -m, --multirun        a run per combination of comma-separated values (one MLflow parent run)
-  --cfg job             print the composed config and exit (--resolve to resolve interpolations)
-  --config-dir DIR      add a directory of your own groups and options
-  --help-full           Hydra's generated help, with the full composed config
-  --hydra-help          Hydra's own flags (launchers, logging, run directories)
-
-launchers (-m hydra/launcher=...): basic (default, sequential), joblib (parallel processes), {", ".join(launchers)}
-config tree: {conf}
-"""
+COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,26 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     command, rest = argv[0], argv[1:]
-    own_dirs = any(a.startswith(("--config-dir", "-cd")) for a in rest)  # their groups: Hydra's help
-    if command in ("train", "evaluate") and rest[:1] in (["-h"], ["--help"]) and not own_dirs:
-        print(train_help(command))
-        return 0
-    if "--help-full" in rest:  # Hydra's own generated help
-        rest = ["--help" if a == "--help-full" else a for a in rest]
-    if command == "train":
-        return run_hydra(rest, "train", _task, "encoderlab train")
-    if command == "evaluate":
-        return run_hydra(rest, "evaluate", _evaluate_task, "encoderlab evaluate")
-    if command == "predict":
-        return _plain_command("predict", rest)
-    if command == "sweep":
-        return _plain_command("sweep", rest)
-    if command == "reproduce":
-        return _plain_command("reproduce", rest)
-    if command == "table":
-        return _plain_command("results_table", rest)
-    print(
-        f"error: unknown command '{command}'. Commands: train, evaluate, predict, sweep, table, reproduce. See `encoderlab --help`.",
-        file=sys.stderr,
-    )
-    return 2
+    if command not in COMMANDS:
+        print(
+            f"error: unknown command '{command}'. Commands: {', '.join(COMMANDS)}. See `encoderlab --help`.",
+            file=sys.stderr,
+        )
+        return 2
+    import importlib
+
+    from encoderlab.errors import ConfigError, EncoderlabError
+
+    module = importlib.import_module(f"encoderlab.commands.{command}")
+    try:
+        return module.main(rest)
+    except EncoderlabError as ex:  # argparse commands; Hydra commands report their own
+        print(f"error: {ex}", file=sys.stderr)
+        return 2 if isinstance(ex, ConfigError) else 1

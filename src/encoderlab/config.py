@@ -246,7 +246,7 @@ class AnalysisConfig:
 
 @dataclass
 class ProbesConfig:
-    """Behavioural probe suites (conf/probes/); see encoderlab/evaluation/probes.py for the kinds."""
+    """Behavioural probe suites (conf/probes/); see encoderlab/analysis/probes.py for the kinds."""
 
     enabled: bool = True
     suites: dict[str, Any] = field(default_factory=dict)

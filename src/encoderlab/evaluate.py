@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from encoderlab.analysis.analyze import analyze
+from encoderlab.analysis.report import predictions_frame
 from encoderlab.data.datamodule import TextClassificationDataModule
 from encoderlab.errors import EncoderlabError
-from encoderlab.evaluation.analyze import analyze
-from encoderlab.evaluation.report import predictions_frame
 from encoderlab.inference import predict_proba
-from encoderlab.models.loading import load_model
+from encoderlab.models.trained import load_model
 from encoderlab.tracking import TrackedRun
 
 log = logging.getLogger(__name__)

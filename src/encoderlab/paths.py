@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+_HERE = Path(__file__).resolve().parent
+
+
+def _packaged(name: str, marker: str | None = None) -> Path:
+    """`encoderlab/<name>` in a wheel, `<repo>/<name>` in an editable install."""
+    for candidate in (_HERE / name, _HERE.parents[1] / name):
+        if candidate.is_dir() and (marker is None or (candidate / marker).is_file()):
+            return candidate
+    raise FileNotFoundError(f"encoderlab's {name}/ folder was not found next to {_HERE}")
+
 
 def conf_dir() -> Path:
-    """The packaged config tree: `encoderlab/conf` in a wheel, `<repo>/conf` in an editable install."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise FileNotFoundError(f"encoderlab's config tree was not found next to {here}")
+    """The packaged config tree."""
+    return _packaged("conf", "train.yaml")
+
+
+def packaged_sweeps_dir() -> Path:
+    """The packaged search spaces (sweeps/<name>.yaml)."""
+    return _packaged("sweeps")

@@ -129,6 +129,72 @@ def group_choice_tags() -> dict[str, str]:
     }
 
 
+class ParentRun:
+    """The MLflow run that groups a sweep's runs (a `train -m` grid or an Optuna study): created once (or
+    found again by its tags when a study resumes), its children linked by `mlflow.parentRunId`, ended
+    with the children's count per status."""
+
+    def __init__(self, client, run_id: str, experiment_id: str, tracking_uri: str) -> None:
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.tracking_uri = tracking_uri
+
+    @classmethod
+    def open(
+        cls,
+        logger_cfg: DictConfig,
+        experiment_name: str,
+        run_name: str,
+        tags: dict[str, str],
+        find_by: dict[str, str] | None = None,
+    ) -> ParentRun:
+        """Create the parent run, or with `find_by` (tags) reopen the one a previous process created."""
+        from mlflow.tracking import MlflowClient
+
+        uri = logger_cfg.tracking_uri or default_tracking_uri()
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(uri)
+        exp_id = open_experiment(client, experiment_name, logger_cfg.artifact_location, uri)
+        if find_by:
+            clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in find_by.items())
+            found = client.search_runs([exp_id], filter_string=clauses)
+            if found:
+                run = found[0]
+                if run.info.status != "RUNNING":
+                    client.update_run(run.info.run_id, status="RUNNING")
+                return cls(client, run.info.run_id, exp_id, uri)
+        base = {"encoderlab.version": encoderlab.__version__}
+        commit = git_state()["commit"]
+        if commit:
+            base["mlflow.source.git.commit"] = commit
+        run = client.create_run(exp_id, run_name=run_name[:200], tags={**base, **(find_by or {}), **tags})
+        return cls(client, run.info.run_id, exp_id, uri)
+
+    def children(self) -> list:
+        return self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.run_id}'",
+            max_results=10000,
+        )
+
+    def finish(self, status: str | None = None, error: str | None = None) -> dict[str, int]:
+        """Log the children's count per status and end the run: `status`, or (None) FAILED when a child
+        failed or was killed, else FINISHED."""
+        counts: dict[str, int] = {}
+        for child in self.children():
+            counts[child.info.status] = counts.get(child.info.status, 0) + 1
+        for child_status, n in counts.items():
+            self.client.log_metric(self.run_id, f"sweep/children_{child_status.lower()}", n)
+        self.client.log_metric(self.run_id, "sweep/children", sum(counts.values()))
+        if error:
+            self.client.set_tag(self.run_id, "encoderlab.error", error)
+        if status is None:
+            failed = counts.get("FAILED", 0) + counts.get("KILLED", 0)
+            status = "FAILED" if failed or error else "FINISHED"
+        self.client.set_terminated(self.run_id, status)
+        return counts
+
+
 class TrackedRun:
     """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
 

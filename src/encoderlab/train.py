@@ -22,13 +22,13 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from omegaconf import DictConfig, OmegaConf
 
 import encoderlab
+from encoderlab.analysis.analyze import analyze
+from encoderlab.analysis.figures import plot_confusion_matrix
+from encoderlab.analysis.report import predictions_frame
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.errors import EncoderlabError
-from encoderlab.evaluation.analyze import analyze
-from encoderlab.evaluation.figures import plot_confusion_matrix
-from encoderlab.evaluation.report import predictions_frame
 from encoderlab.models.classifier import SequenceClassifier
-from encoderlab.models.loading import write_metadata
+from encoderlab.models.trained import write_metadata
 from encoderlab.tokenization import build_tokenizer
 from encoderlab.tracking import TrackedRun, flatten, resolved_config
 

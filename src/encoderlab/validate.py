@@ -43,7 +43,7 @@ def _check_allowed_values(cfg: DictConfig) -> None:
 
 def _check_probes(cfg: DictConfig) -> None:
     if cfg.probes.enabled and cfg.probes.suites:
-        from encoderlab.evaluation.probes import check_suites
+        from encoderlab.analysis.probes import check_suites
 
         check_suites(OmegaConf.to_container(cfg.probes.suites, resolve=True))
 

@@ -1,1 +1,1 @@
-"""Model analysis: attention maps, attention rollout and Integrated-Gradients token attributions."""
+"""Analysis after test: the evaluation report, probes, attention maps and attributions."""

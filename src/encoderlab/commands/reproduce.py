@@ -17,30 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from encoderlab.commands.train import task
+from encoderlab.compose import run_hydra, write_rerun_config
 from encoderlab.errors import EncoderlabError
-
-# the groups a rerun config pins with `override /<group>: <option>`
-GROUPS = (
-    "model",
-    "tokenizer",
-    "dataset",
-    "trainer",
-    "optimizer",
-    "scheduler",
-    "logger",
-    "callbacks",
-    "analysis",
-    "probes",
-)
-
-
-def write_rerun_config(values: dict, choices: dict, path: Path, header: str = "") -> Path:
-    """A primary config reproducing `values` exactly: `train` + the same group options + every value."""
-    values = {k: v for k, v in values.items() if k not in ("hydra", "output_dir")}
-    defaults = ["train", *({f"override /{g}": choices[g]} for g in GROUPS if choices.get(g)), "_self_"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + yaml.safe_dump({"defaults": defaults, **values}, sort_keys=False))
-    return path
 
 
 def main(argv: list[str]) -> int:
@@ -94,8 +73,6 @@ def main(argv: list[str]) -> int:
         write_rerun_config(
             values, choices, conf / "reproduce.yaml", f"# reproduces MLflow run {args.run_id}\n"
         )
-        from encoderlab.cli import _task, run_hydra
-
         code = run_hydra(
             [
                 "--config-dir",
@@ -106,7 +83,7 @@ def main(argv: list[str]) -> int:
                 *args.overrides,
             ],
             "train",
-            _task,
+            task,
             "encoderlab reproduce",
         )
     if code != 0:

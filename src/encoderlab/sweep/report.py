@@ -16,8 +16,7 @@ def best_yaml(trial, path: Path, metric: str) -> Path:
     encoderlab train --config-dir <dir> --config-name best (same groups, same values)."""
     from omegaconf import OmegaConf, open_dict
 
-    from encoderlab.reproduce import write_rerun_config
-    from encoderlab.sweep import compose
+    from encoderlab.compose import compose, write_rerun_config
 
     cfg, choices = compose(trial.user_attrs["overrides"])
     with open_dict(cfg):

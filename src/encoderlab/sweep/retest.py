@@ -35,7 +35,7 @@ def ensemble_accuracy(prediction_files: list[Path]) -> float | None:
 def retest(study, space, overrides: list[str], client, parent_id: str | None, k: int, n: int) -> list[dict]:
     from optuna.trial import TrialState
 
-    from encoderlab.sweep import compose
+    from encoderlab.compose import compose
     from encoderlab.train import TEST_PREDICTIONS, train
 
     reverse = space.study["direction"] == "maximize"

@@ -2,7 +2,7 @@
 
 `compute_report` turns (true labels, class probabilities) into numbers; `write_report` writes them to a
 directory as metrics JSON, classification-report CSV, PNG figures and a table of the most confident
-errors. The HTML page that puts everything on one page is built by encoderlab.evaluation.html.
+errors. The HTML page that puts everything on one page is built by encoderlab.analysis.html.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from encoderlab.evaluation import figures
+from encoderlab.analysis import figures
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, list]:

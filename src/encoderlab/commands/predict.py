@@ -147,7 +147,7 @@ def main(argv: list[str]) -> int:
     import torch
 
     from encoderlab.inference import predict_proba, resolve_precision
-    from encoderlab.models.loading import load_model
+    from encoderlab.models.trained import load_model
 
     loaded = load_model(args.model, args.tracking_uri)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

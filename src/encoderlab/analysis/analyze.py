@@ -12,10 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from encoderlab.evaluation.figures import plot_probe_suites
-from encoderlab.evaluation.html import render_report
-from encoderlab.evaluation.probes import run_probes
-from encoderlab.evaluation.report import summary_metrics, top_errors, write_report
+from encoderlab.analysis.figures import plot_probe_suites
+from encoderlab.analysis.html import render_report
+from encoderlab.analysis.probes import run_probes
+from encoderlab.analysis.report import summary_metrics, top_errors, write_report
 from encoderlab.inference import predict_proba
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def mc_dropout_report(
     spread, accuracy, and selective accuracy at the threshold beside the single deterministic pass."""
     import numpy as np
 
-    from encoderlab.evaluation.figures import plot_coverage
-    from encoderlab.evaluation.report import selective
+    from encoderlab.analysis.figures import plot_coverage
+    from encoderlab.analysis.report import selective
 
     sample = frame
     if mc.max_examples is not None and len(frame) > mc.max_examples:

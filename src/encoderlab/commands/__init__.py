@@ -1,0 +1,1 @@
+"""One thin module per `encoderlab` command; each has `main(argv) -> exit code`."""

@@ -1,1 +1,0 @@
-"""Evaluation after test: report, figures, probes and the HTML page."""
