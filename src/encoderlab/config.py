@@ -50,10 +50,6 @@ class ScratchModelConfig:
     norm: str = "pre"  # pre | post
     pooling: str = "mean"  # cls | mean | max
     attention: str = "auto"  # auto (SDPA; explicit for CPU training up to 1024 tokens) | sdpa | explicit
-    conv_kernel: int = 0  # > 0: a convolution of this width in each block (local n-grams)
-    conv_type: str = "depthwise"  # depthwise (per channel) | full (each output mixes all channels)
-    n_members: int = 1  # > 1: an ensemble of that many encoders in one model, probabilities averaged
-    member_bagging: bool = True  # ensembles: each member weighs each training example by a Poisson(1) draw
 
 
 @dataclass
@@ -318,7 +314,6 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "model.norm": ("pre", "post"),
     "model.pooling": ("cls", "mean", "max"),
     "model.attention": ("auto", "sdpa", "explicit"),
-    "model.conv_type": ("depthwise", "full"),
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "auto"),
     "optimizer.name": ("adamw",),
     "scheduler.name": ("linear", "cosine", "constant"),

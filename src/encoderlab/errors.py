@@ -14,22 +14,6 @@ class ConfigError(EncoderlabError):
     """The composed config is invalid: reported before any heavy import, exit code 2."""
 
 
-def conv_kernel_error(conv_kernel: int) -> ConfigError:
-    """model.conv_kernel must be >= 0: said once, for the config check and for ScratchConfig."""
-    return ConfigError(
-        f"Config error: bad value for 'model.conv_kernel': {conv_kernel}. "
-        "Allowed: 0 (no convolution) or a positive kernel width such as 3."
-    )
-
-
-def members_error(n_members: int) -> ConfigError:
-    """model.n_members must be >= 1: said once, for the config check and for ScratchConfig."""
-    return ConfigError(
-        f"Config error: bad value for 'model.n_members': {n_members}. "
-        "Allowed: 1 (one encoder) or more (an ensemble of that many encoders, probabilities averaged)."
-    )
-
-
 def heads_error(d_model: int, n_heads: int) -> ConfigError:
     """n_heads must divide d_model: said once, for the config check and for ScratchConfig."""
     divisors = ", ".join(str(h) for h in range(1, 65) if d_model % h == 0)

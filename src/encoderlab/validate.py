@@ -7,7 +7,7 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from encoderlab.config import ALLOWED_VALUES, SCHEMAS
-from encoderlab.errors import ConfigError, conv_kernel_error, heads_error, members_error
+from encoderlab.errors import ConfigError, heads_error
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
@@ -133,10 +133,6 @@ def _check_training(cfg: DictConfig) -> None:
         m = cfg.model
         if m.n_heads < 1 or m.d_model % m.n_heads != 0:
             raise heads_error(m.d_model, m.n_heads)
-        if m.conv_kernel < 0:
-            raise conv_kernel_error(m.conv_kernel)
-        if m.n_members < 1:
-            raise members_error(m.n_members)
         if m.max_len < cfg.dataset.max_length:
             _fail("model.max_len", m.max_len, f"an integer >= dataset.max_length ({cfg.dataset.max_length})")
     elif OmegaConf.is_missing(cfg.model, "name_or_path"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,9 +50,9 @@ def ig_baseline(input_ids: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def _embedding_layers(net: nn.Module) -> nn.Module | list[nn.Module]:
-    """The token-embedding layer; for an ensemble scratch model each member's (attributions summed)."""
+    """The token-embedding layer."""
     if isinstance(net, ScratchEncoder):
-        return [m.tok_emb for m in net.members] if net.n_members > 1 else net.tok_emb
+        return net.tok_emb
     return net.hf_model.get_input_embeddings()
 
 
@@ -86,9 +85,7 @@ def integrated_gradients(
             batch = encode(net, tokenizer, [text], max_length)
             keys = tuple(k for k in batch if k != "input_ids")
             forward = _logits_fn(net, keys)
-            with warnings.catch_warnings():  # an ensemble's member embeddings do not feed one another
-                warnings.filterwarnings("ignore", message="Multiple layers provided")
-                lig = LayerIntegratedGradients(forward, _embedding_layers(net))
+            lig = LayerIntegratedGradients(forward, _embedding_layers(net))
             ids, extra = batch["input_ids"], tuple(batch[k] for k in keys)
             with torch.no_grad():
                 probs = forward(ids, *extra).softmax(dim=-1)[0]
@@ -103,8 +100,6 @@ def integrated_gradients(
                 n_steps=n_steps,
                 return_convergence_delta=True,
             )
-            if isinstance(attr, list):  # one per member's embeddings: IG's completeness holds for the sum
-                attr = torch.stack(attr).sum(dim=0)
             raw = attr.sum(dim=-1)[0].detach().double().cpu()  # (T,)
             norm = raw.norm()
             scores = raw / norm if norm > 0 else raw
