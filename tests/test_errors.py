@@ -133,6 +133,44 @@ def test_config_error_exits_2_without_importing_torch_or_lightning(tmp_path, ove
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
 
 
+RENAMED = "Config error: 'model.max_len' was renamed to 'model.max_positions'; use model.max_positions=64."
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.max_len=64", RENAMED),
+        ("+model.max_len=64", RENAMED),  # appended past the schema: caught by the key check
+        (
+            "model.attention=sdpa",
+            "Config error: 'model.attention' was renamed to 'model.attn_implementation'; "
+            "use model.attn_implementation=sdpa.",
+        ),
+        (
+            "model.attention=explicit",  # the old value has a new name too: list the allowed ones
+            "Config error: 'model.attention' was renamed to 'model.attn_implementation'; "
+            "use model.attn_implementation (auto, sdpa, eager).",
+        ),
+    ],
+)
+def test_renamed_keys_name_their_new_key(cli, isolated, override, message):
+    res = cli("train", "model=scratch_tiny", override)
+    assert res.code == 2, res.err
+    assert error_paragraph(res) == f"error: {message}"
+    assert_no_run_started(isolated)
+
+
+def test_renamed_key_in_a_yaml_file_names_the_new_key(cli, isolated):
+    (isolated / "conf" / "experiment").mkdir(parents=True)
+    (isolated / "conf" / "experiment" / "old.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: scratch_tiny\nmodel:\n  max_len: 64\n"
+    )
+    res = cli("train", "--config-dir", str(isolated / "conf"), "experiment=old")
+    assert res.code == 2, res.err
+    assert_mentions(error_paragraph(res), "'model.max_len' was renamed to 'model.max_positions'")
+    assert_no_run_started(isolated)
+
+
 # ---- data and model errors: raised after the run started, so the run is FAILED ----------------------
 
 

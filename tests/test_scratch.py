@@ -17,7 +17,7 @@ FAST_ARGS = ["trainer.enable_progress_bar=false", "dataset.batch_size=16"]
 def _model(**kw) -> ScratchEncoder:
     torch.manual_seed(0)
     cfg = ScratchConfig(
-        vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=128, num_labels=3, **kw
+        vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_positions=128, num_labels=3, **kw
     )
     return ScratchEncoder(cfg).eval()
 
@@ -60,7 +60,7 @@ def test_attention_rows_sum_to_one_and_ignore_padding():
     with torch.no_grad():
         logits, maps = model(batch, return_attentions=True)
         plain = model(batch)
-    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)  # explicit path == SDPA path
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)  # eager path == SDPA path
     assert len(maps) == 2
     for w in maps:
         assert w.shape == (1, 4, 20, 20)
@@ -72,7 +72,14 @@ def test_one_batch_overfits():
     torch.manual_seed(0)
     model = ScratchEncoder(
         ScratchConfig(
-            vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32, num_labels=3, dropout=0.0
+            vocab_size=100,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            d_ff=64,
+            max_positions=32,
+            num_labels=3,
+            dropout=0.0,
         )
     )
     ids = torch.randint(4, 100, (8, 16))
@@ -246,21 +253,35 @@ def test_wordlevel_tokenizer_keeps_frequent_words_whole_and_maps_the_rest_to_unk
     assert tok.pad_token_id == 0 and tok.mask_token_id is not None
 
 
-def test_explicit_and_sdpa_attention_compute_the_same_thing():
-    """attention=auto trains on CPU through the explicit softmax(QK^T)V path (faster there); it must
-    give the same logits and gradients as SDPA, padding included."""
+def test_eager_and_sdpa_attention_compute_the_same_thing():
+    """attn_implementation=auto trains on CPU through the eager softmax(QK^T)V path (faster there); it
+    must give the same logits and gradients as SDPA, padding included."""
     batch = _padded(SENTENCE, 12)
     out = {}
-    for attention in ("sdpa", "explicit", "auto"):
-        model = _model(attention=attention, dropout=0.0).train()
+    for impl in ("sdpa", "eager", "auto"):
+        model = _model(attn_implementation=impl, dropout=0.0).train()
         logits = model(batch)
         logits.sum().backward()
-        out[attention] = (logits.detach(), model.tok_emb.weight.grad.clone())
-    for attention in ("explicit", "auto"):
-        torch.testing.assert_close(out[attention][0], out["sdpa"][0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out[attention][1], out["sdpa"][1], atol=1e-5, rtol=1e-5)
-    auto = _model(attention="auto").train()
-    assert auto.blocks[0].attn._explicit(torch.zeros(1, 12, 32))  # a CPU training step
-    assert not auto.eval().blocks[0].attn._explicit(torch.zeros(1, 12, 32))  # inference: SDPA
-    with pytest.raises(ConfigError, match="model.attention"):
-        ScratchConfig(attention="flash")
+        out[impl] = (logits.detach(), model.tok_emb.weight.grad.clone())
+    for impl in ("eager", "auto"):
+        torch.testing.assert_close(out[impl][0], out["sdpa"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[impl][1], out["sdpa"][1], atol=1e-5, rtol=1e-5)
+    auto = _model(attn_implementation="auto").train()
+    assert auto.blocks[0].attn._eager(torch.zeros(1, 12, 32))  # a CPU training step
+    assert not auto.eval().blocks[0].attn._eager(torch.zeros(1, 12, 32))  # inference: SDPA
+    with pytest.raises(ConfigError, match="model.attn_implementation"):
+        ScratchConfig(attn_implementation="explicit")
+
+
+def test_saved_config_uses_the_schema_names(tmp_path):
+    """config.json holds the architecture under the config's key names and reloads to the same model."""
+    import json
+
+    model = _model(positions="learned", attn_implementation="eager")
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["max_positions"] == 128 and saved["attn_implementation"] == "eager"
+    assert "max_len" not in saved and "attention" not in saved and "_target_" not in saved
+    again = ScratchEncoder.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        torch.testing.assert_close(again(_padded(SENTENCE, 12)), model(_padded(SENTENCE, 12)))

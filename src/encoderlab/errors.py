@@ -23,6 +23,21 @@ def heads_error(d_model: int, n_heads: int) -> ConfigError:
     )
 
 
+def renamed_key_error(key: str, allowed: list[str], value: Any = None) -> ConfigError | None:
+    """The error for a key that was renamed (config.RENAMED_KEYS) to one this section has; else None."""
+    from encoderlab.config import ALLOWED_VALUES, RENAMED_KEYS
+
+    new = RENAMED_KEYS.get(key)
+    if new is None or new.rsplit(".", 1)[-1] not in allowed:
+        return None
+    values = ALLOWED_VALUES.get(new)
+    if value is None or (values and str(value) not in values):  # e.g. attention=explicit: now eager
+        use = f"{new} ({', '.join(values)})" if values else f"{new} instead"
+    else:
+        use = f"{new}={value}"
+    return ConfigError(f"Config error: '{key}' was renamed to '{new}'; use {use}.")
+
+
 def _allowed_keys(object_type: Any) -> list[str]:
     if object_type is not None and dataclasses.is_dataclass(object_type):
         return [f.name for f in dataclasses.fields(object_type)]
@@ -43,6 +58,14 @@ def _field_type(object_type: Any, key: str) -> str | None:
         if f.name == key:
             return str(f.type)
     return None
+
+
+def _override_value(full_key: str, header: str) -> str | None:
+    """The value of a failed `key=value` override, from Hydra's message ("... use +key=value")."""
+    import re
+
+    match = re.search(rf"\+{re.escape(full_key)}=(\S+)", header)
+    return match.group(1) if match else None
 
 
 def format_config_error(ex: BaseException) -> str | None:
@@ -67,6 +90,8 @@ def format_config_error(ex: BaseException) -> str | None:
         return f"Config error: could not parse the override: {str(ex).strip()}"
 
     cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
+    if cause is None and isinstance(ex.__context__, OmegaConfBaseException):  # a YAML file's bad key
+        cause = ex.__context__
     if isinstance(cause, ConfigCompositionException) and cause.__cause__ is not None:
         cause = cause.__cause__
     if not isinstance(cause, OmegaConfBaseException):
@@ -82,6 +107,9 @@ def format_config_error(ex: BaseException) -> str | None:
         schema = object_type if dataclasses.is_dataclass(object_type) else _schema_for(full_key)
         allowed = _allowed_keys(schema)
         parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the top level"
+        renamed = renamed_key_error(full_key, allowed, _override_value(full_key, header))
+        if renamed is not None:
+            return str(renamed)
         msg = f"Config error: unknown key '{full_key or key}'"
         if header:
             msg += f" ({header})"

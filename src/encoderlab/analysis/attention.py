@@ -59,7 +59,7 @@ def encode(
 ) -> dict[str, torch.Tensor]:
     """Padded, truncated batch on the model's device, with only the inputs the model takes."""
     if isinstance(net, ScratchEncoder):
-        max_length = min(max_length, net.cfg.max_len)
+        max_length = min(max_length, net.cfg.max_positions)
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     keys = ("input_ids", "attention_mask") if isinstance(net, ScratchEncoder) else _HF_INPUTS
     device = next(net.parameters()).device

@@ -19,72 +19,60 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from encoderlab.config import ALLOWED_VALUES
+from encoderlab.config import ALLOWED_VALUES, ScratchModelConfig
 from encoderlab.errors import ConfigError, heads_error
 
 
 @dataclass
-class ScratchConfig:
+class ScratchConfig(ScratchModelConfig):
+    """The schema's architecture keys (encoderlab.config.ScratchModelConfig) plus what the data decides."""
+
     vocab_size: int = 8000
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 512
-    dropout: float = 0.1
-    max_len: int = 512
-    positions: str = "sinusoidal"  # sinusoidal | learned
-    scale_embeddings: bool = True  # with sinusoidal positions: tokens init N(0, 1/C), times sqrt(C)
-    norm: str = "pre"  # pre | post
-    pooling: str = "mean"  # cls | mean | max
-    attention: str = "auto"  # auto | sdpa | explicit: see SelfAttention
     pad_token_id: int = 0
     num_labels: int = 2
 
     def __post_init__(self) -> None:
         if self.n_heads < 1 or self.d_model % self.n_heads != 0:
             raise heads_error(self.d_model, self.n_heads)
-        # the values the config check allows
-        for key in ("positions", "norm", "pooling", "attention"):
-            allowed = ALLOWED_VALUES[f"model.{key}"]
-            if getattr(self, key) not in allowed:
+        for key, allowed in ALLOWED_VALUES.items():  # the values the config check allows
+            name = key.removeprefix("model.")
+            if key.startswith("model.") and getattr(self, name) not in allowed:
                 raise ConfigError(
-                    f"Config error: bad value for 'model.{key}': {getattr(self, key)!r}. Allowed: {', '.join(allowed)}."
+                    f"Config error: bad value for '{key}': {getattr(self, name)!r}. Allowed: {', '.join(allowed)}."
                 )
 
 
-def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
-    """(max_len, C) fixed sin/cos positions of 'Attention Is All You Need'."""
-    pos = torch.arange(max_len).unsqueeze(1)  # (T, 1)
+def sinusoidal_table(max_positions: int, d_model: int) -> torch.Tensor:
+    """(max_positions, C) fixed sin/cos positions of 'Attention Is All You Need'."""
+    pos = torch.arange(max_positions).unsqueeze(1)  # (T, 1)
     freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))  # (C/2,)
-    table = torch.zeros(max_len, d_model)
+    table = torch.zeros(max_positions, d_model)
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
     return table
 
 
-# Up to where explicit attention was measured faster for CPU training (it holds B*H*T*T scores in memory).
-CPU_EXPLICIT_MAX_TOKENS = 1024
+CPU_EAGER_MAX_TOKENS = 1024  # longer CPU training steps use SDPA (eager holds B*H*T*T scores in memory)
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention. SDPA by default; the explicit softmax(QK^T/sqrt(d))V when the maps are
-    asked for, and (attention=auto) for CPU training steps up to 1024 tokens: torch's CPU flash-attention
-    backward is slow there. Measured step (d=256, 4 layers, 4 heads, batch 8, bf16, 2 cores), explicit vs
-    SDPA: 64 tokens 0.052 vs 0.055 s, 256 0.18 vs 0.27 s, 512 0.50 vs 1.11 s, 1024 2.17 vs 3.97 s."""
+    """Multi-head self-attention. SDPA by default; eager softmax(QK^T/sqrt(d))V when the maps are asked
+    for, and (attn_implementation=auto) for CPU training steps: torch's CPU flash-attention backward is
+    slow on short sequences."""
 
     def __init__(self, cfg: ScratchConfig) -> None:
         super().__init__()
-        self.attention = cfg.attention
+        self.attn_implementation = cfg.attn_implementation
         self.n_heads = cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def _explicit(self, x: torch.Tensor) -> bool:
-        if self.attention != "auto":
-            return self.attention == "explicit"
+    def _eager(self, x: torch.Tensor) -> bool:
+        if self.attn_implementation != "auto":
+            return self.attn_implementation == "eager"
         cpu_step = self.training and x.device.type == "cpu" and torch.is_grad_enabled()
-        return cpu_step and x.size(1) <= CPU_EXPLICIT_MAX_TOKENS
+        return cpu_step and x.size(1) <= CPU_EAGER_MAX_TOKENS
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, need_weights: bool = False):
         B, T, C = x.shape
@@ -94,7 +82,7 @@ class SelfAttention(nn.Module):
         )  # (B, H, T, C/H)
         mask = keep[:, None, None, :]  # (B, 1, 1, T): True where the key is a real token
         weights = None
-        if need_weights or self._explicit(x):  # explicit path, same math
+        if need_weights or self._eager(x):  # same math as SDPA
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
             weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
             y = F.dropout(weights, self.dropout, self.training) @ v
@@ -164,9 +152,10 @@ class ScratchEncoder(nn.Module):
         }
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
         if cfg.positions == "learned":
-            self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+            self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model)
         else:
-            self.register_buffer("pos_table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+            table = sinusoidal_table(cfg.max_positions, cfg.d_model)
+            self.register_buffer("pos_table", table, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
@@ -197,8 +186,8 @@ class ScratchEncoder(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor], return_attentions: bool = False):
         ids = batch["input_ids"]  # (B, T)
         B, T = ids.shape
-        if ids.size(1) > self.cfg.max_len:
-            raise ValueError(f"sequence length {T} exceeds model.max_len={self.cfg.max_len}")
+        if ids.size(1) > self.cfg.max_positions:
+            raise ValueError(f"sequence length {T} exceeds model.max_positions={self.cfg.max_positions}")
         keep = (
             batch["attention_mask"].bool() if "attention_mask" in batch else ids != self.cfg.pad_token_id
         )  # (B, T)
@@ -219,7 +208,8 @@ class ScratchEncoder(nn.Module):
         """config.json + model.safetensors (+ the tokenizer): reloads with ScratchEncoder.from_pretrained."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": "encoderlab_scratch", **asdict(self.cfg), "id2label": self.id2label}
+        fields = {k: v for k, v in asdict(self.cfg).items() if k != "_target_"}
+        config = {"model_type": "encoderlab_scratch", **fields, "id2label": self.id2label}
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},
