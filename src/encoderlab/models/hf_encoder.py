@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -178,6 +180,41 @@ class HFEncoderClassifier(nn.Module):
         if impl != self._attention:  # switching only swaps a function, no weights move
             self.hf_model.set_attn_implementation(impl)
             self._attention = impl
+
+    # ---- the optional model interface (encoderlab/models/capabilities.py)
+    input_keys = _MODEL_INPUTS
+
+    def attention_maps(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-layer attention weights, each (B, H, T, T)."""
+        inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+        with self._eager_attention():
+            maps = self.hf_model(**inputs, output_attentions=True).attentions
+        if not maps or any(m is None for m in maps):
+            raise ValueError(f"{type(self.hf_model).__name__} returned no attention weights.")
+        return list(maps)
+
+    def input_embeddings(self) -> nn.Module:
+        return self.hf_model.get_input_embeddings()
+
+    @contextmanager
+    def _eager_attention(self) -> Iterator[None]:
+        """SDPA / flash attention cannot return weights: eager for the call, then the previous one back."""
+        previous = getattr(self.hf_model.config, "_attn_implementation", None)
+        if previous in (None, "eager"):
+            yield
+            return
+
+        def switch(impl: str) -> None:
+            if hasattr(self.hf_model, "set_attn_implementation"):  # transformers >= 4.48
+                self.hf_model.set_attn_implementation(impl)
+            else:
+                self.hf_model.config._attn_implementation = impl
+
+        switch("eager")
+        try:
+            yield
+        finally:
+            switch(previous)
 
     def save_pretrained(
         self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None

@@ -183,6 +183,20 @@ class ScratchEncoder(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
+    # ---- the optional model interface (encoderlab/models/capabilities.py)
+    input_keys = ("input_ids", "attention_mask")
+
+    @property
+    def max_positions(self) -> int:
+        return self.cfg.max_positions
+
+    def attention_maps(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-layer attention weights, each (B, H, T, T)."""
+        return self(batch, return_attentions=True)[1]
+
+    def input_embeddings(self) -> nn.Module:
+        return self.tok_emb
+
     def forward(self, batch: dict[str, torch.Tensor], return_attentions: bool = False):
         ids = batch["input_ids"]  # (B, T)
         B, T = ids.shape
