@@ -67,7 +67,7 @@ def load_error(what: str, name_or_path: str, ex: Exception) -> EncoderlabError:
     )
 
 
-CPU_EAGER_MAX_TOKENS = 256  # measured crossover: eager trains faster on CPU up to here
+CPU_EAGER_MAX_TOKENS = 256  # longer CPU training steps use SDPA
 
 
 class HFEncoderClassifier(nn.Module):
@@ -169,10 +169,8 @@ class HFEncoderClassifier(nn.Module):
         return self.hf_model(**inputs).logits  # (B, num_labels)
 
     def _attention_for(self, ids: torch.Tensor) -> str:
-        """SDPA, except eager for a CPU training step of at most CPU_EAGER_MAX_TOKENS tokens. Torch's CPU
-        flash-attention backward is slow: MiniLM, batch 8, bf16, 256 tokens trains in 0.42 s a step with
-        eager vs 0.57 s with SDPA (32 tokens: 0.08 vs 0.12 s); at 512 tokens SDPA wins (1.24 vs 1.83 s),
-        and in inference SDPA is faster at every length (bench/results/speed_cpu.json)."""
+        """SDPA, except eager for a CPU training step of at most CPU_EAGER_MAX_TOKENS tokens: torch's CPU
+        flash-attention backward is slow on short sequences."""
         train_on_cpu = self.training and ids.device.type == "cpu" and torch.is_grad_enabled()
         return "eager" if train_on_cpu and ids.size(1) <= CPU_EAGER_MAX_TOKENS else "sdpa"
 
