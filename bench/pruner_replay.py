@@ -3,8 +3,7 @@
 Every complete trial of a `pruner=none` study has its validation value at every epoch in the Optuna
 storage. This replays those curves, trial by trial, through a fresh study with each candidate pruner and
 counts the epochs it lets run and the best value it keeps, over many trial orders (TPE's order is one
-draw). It is how `sweeps/trec_scratch.yaml`'s hyperband arguments were chosen; the live study then
-confirms them (`bench/sweep_pruning.py`).
+draw), to choose a pruner and its arguments before a live study (`bench/sweep_pruning.py`).
 
     python bench/pruner_replay.py --storage sqlite:///outputs/optuna.db --study trec_scratch_none
 """

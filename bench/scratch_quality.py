@@ -2,7 +2,7 @@
 
     trec_scratch   test accuracy >= 0.88 (6 coarse classes)
     sst2_scratch   val accuracy  >= 0.80 (SST-2's test stage is the validation split)
-    imdb_scratch   test accuracy >= 0.85 (max_len 256)
+    imdb_scratch   test accuracy >= 0.85 (max_length 256)
 
 Runs `encoderlab train experiment=<preset>` as a user would, reads the run back from MLflow and writes
 bench/results/scratch_<preset>.json with accuracy, wall time and training samples/s.

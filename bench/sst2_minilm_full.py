@@ -3,8 +3,8 @@
 Target: validation accuracy >= 0.88. Runs the `sst2_minilm` preset exactly as a user would, then reads
 the run back from MLflow and writes bench/results/sst2_minilm_full.json.
 
-    ENCODERLAB_DATA_DIR=../shared/data python bench/sst2_minilm_full.py            # ~50 min on 2 cores
-    python bench/sst2_minilm_full.py --store /path/outputs/mlflow.db --wall 2905     # summarise a past run
+    ENCODERLAB_DATA_DIR=../shared/data python bench/sst2_minilm_full.py
+    python bench/sst2_minilm_full.py --store /path/outputs/mlflow.db --wall SECONDS   # summarise a finished run
 """
 
 from __future__ import annotations

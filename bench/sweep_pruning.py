@@ -14,8 +14,8 @@ best-value gap between the two; each winner's test accuracy over 3 fresh seeds a
 the same seeds.
 
 --reuse-none URL[#STUDY] / --reuse-hyperband URL[#STUDY] copy a finished study from another storage
-(STUDY: its name there, default <name>_none / <name>_hyperband) instead of running it again (1 h 43 min for
-the no-pruning trec_scratch study on 2 cores); its wall time is taken from its trials' timestamps. The
+(STUDY: its name there, default <name>_none / <name>_hyperband) instead of running it again; its wall time
+is taken from its trials' timestamps. The
 sweep command then still runs on the copy: it finds the study finished and only re-tests.
 """
 

@@ -51,7 +51,6 @@ def _build(family: str, tiny_bert, tok, spread: float | None = None) -> torch.nn
             n_heads=2,
             d_ff=64,
             pad_token_id=tok.pad_token_id,
-            n_members=2 if family == "scratch_ensemble" else 1,
         )
         net = ScratchEncoder(cfg)
     if spread:
@@ -70,7 +69,7 @@ def _logits(net, tok, ids: torch.Tensor) -> torch.Tensor:
         return net(batch)[0]
 
 
-@pytest.mark.parametrize("family", ["hf", "scratch", "scratch_ensemble"])
+@pytest.mark.parametrize("family", ["hf", "scratch"])
 def test_attentions_strip_padding_and_restore_the_model(family, tiny_bert, tok):
     net = _build(family, tiny_bert, tok)
     batch = collect_attentions(net, tok, [SHORT, LONG])
@@ -165,7 +164,7 @@ def test_baseline_keeps_only_cls_and_sep(tok):
     assert set(base[1:-1]) == {tok.pad_token_id}
 
 
-@pytest.mark.parametrize("family", ["hf", "scratch", "scratch_ensemble"])
+@pytest.mark.parametrize("family", ["hf", "scratch"])
 def test_integrated_gradients_completeness(family, tiny_bert, tok):
     net = _build(family, tiny_bert, tok, spread=0.3)
     attrs = integrated_gradients(net, tok, [SHORT, LONG], LABELS, n_steps=64)

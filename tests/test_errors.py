@@ -117,9 +117,8 @@ def test_disallowed_values_are_rejected_before_the_run(cli, tiny_bert, isolated,
     [
         ("optimizer.lr=abc", ["'optimizer.lr'", "abc"]),
         ("trainer.precision=17", ["trainer.precision", "bf16-mixed"]),
-        ("model=scratch_tiny model.conv_kernel=-1", ["'model.conv_kernel'", "-1", "positive kernel width"]),
-        ("model=scratch_tiny model.n_members=0", ["'model.n_members'", "0", "an ensemble"]),
-        ("model=scratch_tiny model.conv_type=dilated", ["'model.conv_type'", "'dilated'", "depthwise, full"]),
+        ("model=scratch_tiny model.n_heads=5", ["model.n_heads=5", "must divide model.d_model=128"]),
+        ("model=scratch_tiny model.pooling=sum", ["'model.pooling'", "'sum'", "cls, mean, max"]),
     ],
 )
 def test_config_error_exits_2_without_importing_torch_or_lightning(tmp_path, override, words):
@@ -132,6 +131,44 @@ def test_config_error_exits_2_without_importing_torch_or_lightning(tmp_path, ove
     assert_mentions(res.stderr, "error: Config error", *words)
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "outputs" / "mlflow.db").exists()
+
+
+RENAMED = "Config error: 'model.max_len' was renamed to 'model.max_positions'; use model.max_positions=64."
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.max_len=64", RENAMED),
+        ("+model.max_len=64", RENAMED),  # appended past the schema: caught by the key check
+        (
+            "model.attention=sdpa",
+            "Config error: 'model.attention' was renamed to 'model.attn_implementation'; "
+            "use model.attn_implementation=sdpa.",
+        ),
+        (
+            "model.attention=explicit",  # the old value has a new name too: list the allowed ones
+            "Config error: 'model.attention' was renamed to 'model.attn_implementation'; "
+            "use model.attn_implementation (auto, sdpa, eager).",
+        ),
+    ],
+)
+def test_renamed_keys_name_their_new_key(cli, isolated, override, message):
+    res = cli("train", "model=scratch_tiny", override)
+    assert res.code == 2, res.err
+    assert error_paragraph(res) == f"error: {message}"
+    assert_no_run_started(isolated)
+
+
+def test_renamed_key_in_a_yaml_file_names_the_new_key(cli, isolated):
+    (isolated / "conf" / "experiment").mkdir(parents=True)
+    (isolated / "conf" / "experiment" / "old.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /model: scratch_tiny\nmodel:\n  max_len: 64\n"
+    )
+    res = cli("train", "--config-dir", str(isolated / "conf"), "experiment=old")
+    assert res.code == 2, res.err
+    assert_mentions(error_paragraph(res), "'model.max_len' was renamed to 'model.max_positions'")
+    assert_no_run_started(isolated)
 
 
 # ---- data and model errors: raised after the run started, so the run is FAILED ----------------------

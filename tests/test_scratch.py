@@ -17,7 +17,7 @@ FAST_ARGS = ["trainer.enable_progress_bar=false", "dataset.batch_size=16"]
 def _model(**kw) -> ScratchEncoder:
     torch.manual_seed(0)
     cfg = ScratchConfig(
-        vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=128, num_labels=3, **kw
+        vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_positions=128, num_labels=3, **kw
     )
     return ScratchEncoder(cfg).eval()
 
@@ -60,7 +60,7 @@ def test_attention_rows_sum_to_one_and_ignore_padding():
     with torch.no_grad():
         logits, maps = model(batch, return_attentions=True)
         plain = model(batch)
-    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)  # explicit path == SDPA path
+    torch.testing.assert_close(logits, plain, atol=1e-5, rtol=0)  # eager path == SDPA path
     assert len(maps) == 2
     for w in maps:
         assert w.shape == (1, 4, 20, 20)
@@ -72,7 +72,14 @@ def test_one_batch_overfits():
     torch.manual_seed(0)
     model = ScratchEncoder(
         ScratchConfig(
-            vocab_size=100, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_len=32, num_labels=3, dropout=0.0
+            vocab_size=100,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            d_ff=64,
+            max_positions=32,
+            num_labels=3,
+            dropout=0.0,
         )
     )
     ids = torch.randint(4, 100, (8, 16))
@@ -246,142 +253,35 @@ def test_wordlevel_tokenizer_keeps_frequent_words_whole_and_maps_the_rest_to_unk
     assert tok.pad_token_id == 0 and tok.mask_token_id is not None
 
 
-def test_explicit_and_sdpa_attention_compute_the_same_thing():
-    """attention=auto trains on CPU through the explicit softmax(QK^T)V path (faster there); it must
-    give the same logits and gradients as SDPA, padding included."""
+def test_eager_and_sdpa_attention_compute_the_same_thing():
+    """attn_implementation=auto trains on CPU through the eager softmax(QK^T)V path (faster there); it
+    must give the same logits and gradients as SDPA, padding included."""
     batch = _padded(SENTENCE, 12)
     out = {}
-    for attention in ("sdpa", "explicit", "auto"):
-        model = _model(attention=attention, dropout=0.0).train()
+    for impl in ("sdpa", "eager", "auto"):
+        model = _model(attn_implementation=impl, dropout=0.0).train()
         logits = model(batch)
         logits.sum().backward()
-        out[attention] = (logits.detach(), model.tok_emb.weight.grad.clone())
-    for attention in ("explicit", "auto"):
-        torch.testing.assert_close(out[attention][0], out["sdpa"][0], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(out[attention][1], out["sdpa"][1], atol=1e-5, rtol=1e-5)
-    auto = _model(attention="auto").train()
-    assert auto.blocks[0].attn._explicit(torch.zeros(1, 12, 32))  # a CPU training step
-    assert not auto.eval().blocks[0].attn._explicit(torch.zeros(1, 12, 32))  # inference: SDPA
-    with pytest.raises(ConfigError, match="model.attention"):
-        ScratchConfig(attention="flash")
+        out[impl] = (logits.detach(), model.tok_emb.weight.grad.clone())
+    for impl in ("eager", "auto"):
+        torch.testing.assert_close(out[impl][0], out["sdpa"][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[impl][1], out["sdpa"][1], atol=1e-5, rtol=1e-5)
+    auto = _model(attn_implementation="auto").train()
+    assert auto.blocks[0].attn._eager(torch.zeros(1, 12, 32))  # a CPU training step
+    assert not auto.eval().blocks[0].attn._eager(torch.zeros(1, 12, 32))  # inference: SDPA
+    with pytest.raises(ConfigError, match="model.attn_implementation"):
+        ScratchConfig(attn_implementation="explicit")
 
 
-@pytest.mark.parametrize("conv_type", ["depthwise", "full"])
-@pytest.mark.parametrize("conv_kernel", [3, 4])
-@pytest.mark.parametrize("norm", ["pre", "post"])
-def test_local_convolution_ignores_padding_and_sees_neighbours(conv_kernel, norm, conv_type):
-    """conv_kernel > 0 adds a convolution to each block: padding must not leak into real tokens (odd
-    and even widths), and a token's vector must depend on its neighbours even without attention's
-    help."""
-    model = _model(conv_kernel=conv_kernel, norm=norm, pooling="mean", conv_type=conv_type)
+def test_saved_config_uses_the_schema_names(tmp_path):
+    """config.json holds the architecture under the config's key names and reloads to the same model."""
+    import json
+
+    model = _model(positions="learned", attn_implementation="eager")
+    model.save_pretrained(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["max_positions"] == 128 and saved["attn_implementation"] == "eager"
+    assert "max_len" not in saved and "attention" not in saved and "_target_" not in saved
+    again = ScratchEncoder.from_pretrained(tmp_path / "m")
     with torch.no_grad():
-        short = model(_padded(SENTENCE, 12))
-        long = model(_padded(SENTENCE, 64))
-    torch.testing.assert_close(short, long, atol=1e-5, rtol=0)
-    conv = model.blocks[0].conv
-    x = torch.randn(1, 6, 32)
-    keep = torch.ones(1, 6, dtype=torch.bool)
-    y = x.clone()
-    y[0, 2] += 1.0  # change token 2 only
-    with torch.no_grad():
-        changed = (conv(x, keep) - conv(y, keep)).abs().amax(dim=-1)[0]  # (T,)
-    assert changed[1] > 0 and changed[3] > 0  # its neighbours see it
-    assert changed[5] == 0  # beyond the kernel they do not
-    with pytest.raises(ConfigError, match="model.conv_kernel"):
-        ScratchConfig(conv_kernel=-1)
-
-
-def test_full_convolution_mixes_channels_and_depthwise_does_not():
-    """conv_type=full reads every channel of the neighbours (a CNN's n-gram detector); depthwise keeps
-    channels apart until the pointwise projection."""
-    x = torch.randn(1, 6, 32)
-    y = x.clone()
-    y[0, 2, 5] += 1.0  # token 2, channel 5 only
-    for conv_type, mixes in (("depthwise", False), ("full", True)):
-        conv = _model(conv_kernel=3, conv_type=conv_type).blocks[0].conv
-        with torch.no_grad():
-            pre = conv.conv1d(x.transpose(1, 2)) - conv.conv1d(y.transpose(1, 2))  # (1, C, T)
-        others = torch.cat([pre[0, :5, 1:4], pre[0, 6:, 1:4]])  # other channels at tokens 1-3
-        assert (others.abs().amax() > 0) == mixes, conv_type
-    full = sum(p.numel() for p in _model(conv_kernel=3, conv_type="full").blocks[0].conv.conv1d.parameters())
-    assert full == 3 * 32 * 32 + 32
-    with pytest.raises(ConfigError, match="model.conv_type"):
-        ScratchConfig(conv_kernel=3, conv_type="dilated")
-
-
-def test_models_saved_with_the_old_convolution_name_still_load():
-    """Before conv_type, LocalConv's convolution was called `depthwise`: such state dicts load unchanged."""
-    model = _model(conv_kernel=3)
-    old = {k.replace(".conv1d.", ".depthwise."): v for k, v in model.state_dict().items()}
-    assert any(".depthwise." in k for k in old)
-    fresh = _model(conv_kernel=3, dropout=0.2)
-    torch.nn.init.zeros_(fresh.blocks[0].conv.conv1d.weight)
-    fresh.load_state_dict(old)  # strict: every key matched
-    with torch.no_grad():
-        torch.testing.assert_close(fresh(_padded(SENTENCE, 12)), model(_padded(SENTENCE, 12)))
-
-
-def test_ensemble_predicts_its_members_mean_probability_and_reloads(tmp_path):
-    """n_members > 1: softmax of the output is the mean of the members' probabilities, the members start
-    from different weights, padding still does not matter, attention maps are the members' per-layer mean,
-    and save_pretrained/from_pretrained gives back the same predictions."""
-    model = _model(n_members=3, pooling="max", conv_kernel=3, conv_type="full")
-    batch = _padded(SENTENCE, 12)
-    with torch.no_grad():
-        probs = model(batch).softmax(-1)
-        members = model.member_logits(batch).softmax(-1)  # (1, 3, 3)
-        logits, maps = model(batch, return_attentions=True)
-        member_maps = [m(batch, return_attentions=True)[1] for m in model.members]
-    assert members.shape == (1, 3, 3)
-    torch.testing.assert_close(probs, members.mean(dim=1))
-    assert (members[0, 0] - members[0, 1]).abs().max() > 1e-4  # independent inits
-    torch.testing.assert_close(logits.softmax(-1), probs)
-    assert len(maps) == 2
-    for layer, w in enumerate(maps):
-        torch.testing.assert_close(w, torch.stack([mm[layer] for mm in member_maps]).mean(0))
-        torch.testing.assert_close(w.sum(-1), torch.ones(1, 4, 12))
-    with torch.no_grad():
-        torch.testing.assert_close(model(_padded(SENTENCE, 40)), model(batch), atol=1e-5, rtol=0)
-    model.save_pretrained(tmp_path / "ens")
-    again = ScratchEncoder.from_pretrained(tmp_path / "ens")
-    assert again.n_members == 3
-    with torch.no_grad():
-        torch.testing.assert_close(again(batch), model(batch))
-    with pytest.raises(ConfigError, match="model.n_members"):
-        ScratchConfig(n_members=0)
-
-
-@pytest.mark.parametrize("bagging", [False, True])
-def test_ensemble_members_train_on_their_own_losses(bagging):
-    """Each member is trained on its own cross-entropy, not on the averaged prediction: a member's
-    gradient does not depend on the other members. With member_bagging each member weighs the examples
-    by its own Poisson(1) draw, so two members see differently weighted data in the same step."""
-    from omegaconf import OmegaConf
-
-    from encoderlab.models.classifier import SequenceClassifier
-
-    torch.manual_seed(0)
-    net = _model(n_members=2, member_bagging=bagging, dropout=0.0)
-    clf = SequenceClassifier(net, ["a", "b", "c"], OmegaConf.create({}), OmegaConf.create({})).train()
-    ids = torch.randint(4, 100, (16, 10))
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.arange(16) % 3}
-    torch.manual_seed(1)
-    loss, probs = clf._step(batch)
-    with torch.no_grad():
-        logits = net.member_logits(batch)  # dropout 0: what the step saw
-    plain = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].repeat_interleave(2))
-    assert torch.isclose(loss, plain, atol=1e-6) != bagging  # bagging reweights the examples
-    torch.testing.assert_close(probs, logits.softmax(-1).mean(1))  # train metrics: the ensemble's
-    loss.backward()
-    member0 = [p.grad.clone() for p in net.members[0].parameters() if p.grad is not None]
-
-    # the same step with member 1's weights changed: member 0's gradient must not move
-    net.zero_grad()
-    with torch.no_grad():
-        for p in net.members[1].parameters():
-            p.add_(torch.randn_like(p))
-    torch.manual_seed(1)
-    clf._step(batch)[0].backward()
-    again = [p.grad for p in net.members[0].parameters() if p.grad is not None]
-    for a, b in zip(member0, again, strict=True):
-        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(again(_padded(SENTENCE, 12)), model(_padded(SENTENCE, 12)))

@@ -36,7 +36,8 @@ class HFModelConfig:
 
 @dataclass
 class ScratchModelConfig:
-    """A transformer encoder trained from scratch (encoderlab/models/scratch.py)."""
+    """A transformer encoder trained from scratch (encoderlab/models/scratch.py). The one list of its keys
+    and defaults: models.scratch.ScratchConfig adds only what the data decides (vocabulary, classes)."""
 
     _target_: str = "encoderlab.models.scratch.ScratchEncoder"
     d_model: int = 128
@@ -44,16 +45,13 @@ class ScratchModelConfig:
     n_heads: int = 4  # must divide d_model
     d_ff: int = 512
     dropout: float = 0.1
-    max_len: int = 512  # longest sequence the positions cover (>= dataset.max_length)
+    max_positions: int = 512  # longest sequence the positions cover (>= dataset.max_length)
     positions: str = "sinusoidal"  # sinusoidal | learned
     scale_embeddings: bool = True  # sinusoidal: token vectors at the positions' scale (x sqrt(d_model))
     norm: str = "pre"  # pre | post
-    pooling: str = "mean"  # cls | mean | max
-    attention: str = "auto"  # auto (SDPA; explicit for CPU training up to 1024 tokens) | sdpa | explicit
-    conv_kernel: int = 0  # > 0: a convolution of this width in each block (local n-grams)
-    conv_type: str = "depthwise"  # depthwise (per channel) | full (each output mixes all channels)
-    n_members: int = 1  # > 1: an ensemble of that many encoders in one model, probabilities averaged
-    member_bagging: bool = True  # ensembles: each member weighs each training example by a Poisson(1) draw
+    pooling: str = "mean"  # cls | mean | max (all ignore padding)
+    # auto: SDPA, but eager (softmax(QK^T/sqrt(d))V) for CPU training steps, faster there | sdpa | eager
+    attn_implementation: str = "auto"
 
 
 @dataclass
@@ -256,7 +254,9 @@ class ProbesConfig:
 class TrainConfig:
     """The root of `encoderlab train`."""
 
-    model: Any = MISSING  # typed by the chosen model option (HFModelConfig, ScratchModelConfig)
+    # typed by the built-in model options (HFModelConfig, ScratchModelConfig); a model config of your own
+    # (`_target_` + its keys, no schema in its defaults) stays untyped and its keys are its own
+    model: Any = MISSING
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -314,17 +314,24 @@ SCHEMAS: dict[str, type] = {
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "split": ("test", "validation", "train"),  # encoderlab evaluate
     "tokenizer.kind": ("auto", "pretrained", "wordpiece", "bpe", "wordlevel"),
-    "model.positions": ("sinusoidal", "learned"),  # scratch encoder
+    # model.*: the scratch encoder's (other model families check their own values)
+    "model.positions": ("sinusoidal", "learned"),
     "model.norm": ("pre", "post"),
     "model.pooling": ("cls", "mean", "max"),
-    "model.attention": ("auto", "sdpa", "explicit"),
-    "model.conv_type": ("depthwise", "full"),
+    "model.attn_implementation": ("auto", "sdpa", "eager"),
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "auto"),
     "optimizer.name": ("adamw",),
     "scheduler.name": ("linear", "cosine", "constant"),
     "logger.backend": ("mlflow", "none"),
     "callbacks.checkpoint.mode": ("min", "max"),
     "callbacks.early_stopping.mode": ("min", "max"),
+}
+
+
+# keys renamed before a release: a config that still uses one is told the new name
+RENAMED_KEYS: dict[str, str] = {
+    "model.max_len": "model.max_positions",
+    "model.attention": "model.attn_implementation",
 }
 
 

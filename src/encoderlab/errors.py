@@ -14,22 +14,6 @@ class ConfigError(EncoderlabError):
     """The composed config is invalid: reported before any heavy import, exit code 2."""
 
 
-def conv_kernel_error(conv_kernel: int) -> ConfigError:
-    """model.conv_kernel must be >= 0: said once, for the config check and for ScratchConfig."""
-    return ConfigError(
-        f"Config error: bad value for 'model.conv_kernel': {conv_kernel}. "
-        "Allowed: 0 (no convolution) or a positive kernel width such as 3."
-    )
-
-
-def members_error(n_members: int) -> ConfigError:
-    """model.n_members must be >= 1: said once, for the config check and for ScratchConfig."""
-    return ConfigError(
-        f"Config error: bad value for 'model.n_members': {n_members}. "
-        "Allowed: 1 (one encoder) or more (an ensemble of that many encoders, probabilities averaged)."
-    )
-
-
 def heads_error(d_model: int, n_heads: int) -> ConfigError:
     """n_heads must divide d_model: said once, for the config check and for ScratchConfig."""
     divisors = ", ".join(str(h) for h in range(1, 65) if d_model % h == 0)
@@ -37,6 +21,21 @@ def heads_error(d_model: int, n_heads: int) -> ConfigError:
         f"Config error: model.n_heads={n_heads} must divide model.d_model={d_model} "
         f"(each head gets d_model / n_heads dimensions). Divisors of {d_model} up to 64: {divisors}."
     )
+
+
+def renamed_key_error(key: str, allowed: list[str], value: Any = None) -> ConfigError | None:
+    """The error for a key that was renamed (config.RENAMED_KEYS) to one this section has; else None."""
+    from encoderlab.config import ALLOWED_VALUES, RENAMED_KEYS
+
+    new = RENAMED_KEYS.get(key)
+    if new is None or new.rsplit(".", 1)[-1] not in allowed:
+        return None
+    values = ALLOWED_VALUES.get(new)
+    if value is None or (values and str(value) not in values):  # e.g. attention=explicit: now eager
+        use = f"{new} ({', '.join(values)})" if values else f"{new} instead"
+    else:
+        use = f"{new}={value}"
+    return ConfigError(f"Config error: '{key}' was renamed to '{new}'; use {use}.")
 
 
 def _allowed_keys(object_type: Any) -> list[str]:
@@ -61,6 +60,14 @@ def _field_type(object_type: Any, key: str) -> str | None:
     return None
 
 
+def _override_value(full_key: str, header: str) -> str | None:
+    """The value of a failed `key=value` override, from Hydra's message ("... use +key=value")."""
+    import re
+
+    match = re.search(rf"\+{re.escape(full_key)}=(\S+)", header)
+    return match.group(1) if match else None
+
+
 def format_config_error(ex: BaseException) -> str | None:
     """Turn a Hydra/OmegaConf composition error into one plain paragraph; None if it is not one."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
@@ -83,6 +90,8 @@ def format_config_error(ex: BaseException) -> str | None:
         return f"Config error: could not parse the override: {str(ex).strip()}"
 
     cause = ex.__cause__ if isinstance(ex, ConfigCompositionException) else ex
+    if cause is None and isinstance(ex.__context__, OmegaConfBaseException):  # a YAML file's bad key
+        cause = ex.__context__
     if isinstance(cause, ConfigCompositionException) and cause.__cause__ is not None:
         cause = cause.__cause__
     if not isinstance(cause, OmegaConfBaseException):
@@ -98,6 +107,9 @@ def format_config_error(ex: BaseException) -> str | None:
         schema = object_type if dataclasses.is_dataclass(object_type) else _schema_for(full_key)
         allowed = _allowed_keys(schema)
         parent = full_key.rsplit(".", 1)[0] if "." in full_key else "the top level"
+        renamed = renamed_key_error(full_key, allowed, _override_value(full_key, header))
+        if renamed is not None:
+            return str(renamed)
         msg = f"Config error: unknown key '{full_key or key}'"
         if header:
             msg += f" ({header})"

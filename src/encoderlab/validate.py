@@ -6,12 +6,20 @@ import dataclasses
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from encoderlab.config import ALLOWED_VALUES, SCHEMAS
-from encoderlab.errors import ConfigError, conv_kernel_error, heads_error, members_error
+from encoderlab.config import ALLOWED_VALUES, SCHEMAS, HFModelConfig, ScratchModelConfig
+from encoderlab.errors import ConfigError, heads_error, renamed_key_error
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
     raise ConfigError(f"Config error: bad value for '{key}': {value!r}. Allowed: {allowed}.")
+
+
+def _model_schema(cfg: DictConfig) -> type | None:
+    """The schema of a built-in model family (HFModelConfig, ScratchModelConfig); None for a model config
+    of the user's own, whose keys are its class's business."""
+    model = cfg.get("model") if "model" in cfg else None
+    schema = OmegaConf.get_type(model) if isinstance(model, DictConfig) else None
+    return schema if schema in (HFModelConfig, ScratchModelConfig) else None
 
 
 def _check_known_keys(cfg: DictConfig, root: type | None = None) -> None:
@@ -20,22 +28,28 @@ def _check_known_keys(cfg: DictConfig, root: type | None = None) -> None:
         node = OmegaConf.select(cfg, section) if section else cfg
         if not isinstance(node, DictConfig):
             continue
-        if section == "model":  # each model family has its own schema
-            schema = (
-                OmegaConf.get_type(node) if dataclasses.is_dataclass(OmegaConf.get_type(node)) else schema
-            )
+        if section == "model":  # each model family has its own schema; a user's model, none
+            schema = _model_schema(cfg)
+            if schema is None:
+                continue
         allowed = [f.name for f in dataclasses.fields(schema)]
         extra = [k for k in node if k not in allowed and not (section == "" and k == "hydra")]
         if extra:
+            key = f"{(section + '.') if section else ''}{extra[0]}"
+            renamed = renamed_key_error(key, allowed, node[extra[0]])
+            if renamed is not None:
+                raise renamed
             where = section or "the top level"
             raise ConfigError(
-                f"Config error: unknown key '{(section + '.') if section else ''}{extra[0]}'. "
-                f"Keys allowed in {where}: {', '.join(allowed)}."
+                f"Config error: unknown key '{key}'. Keys allowed in {where}: {', '.join(allowed)}."
             )
 
 
 def _check_allowed_values(cfg: DictConfig) -> None:
+    scratch = _model_schema(cfg) is ScratchModelConfig
     for key, allowed in ALLOWED_VALUES.items():
+        if key.startswith("model.") and not scratch:  # the scratch encoder's values
+            continue
         value = OmegaConf.select(cfg, key)
         if value is not None and str(value) not in allowed:
             _fail(key, value, ", ".join(allowed))
@@ -129,17 +143,20 @@ def _check_training(cfg: DictConfig) -> None:
         _fail("loss.label_smoothing", cfg.loss.label_smoothing, "a float in [0, 1)")
     if not 0 <= cfg.scheduler.warmup_ratio < 1:
         _fail("scheduler.warmup_ratio", cfg.scheduler.warmup_ratio, "a float in [0, 1)")
-    if "n_heads" in cfg.model:  # scratch encoder: the same checks as ScratchConfig, before heavy imports
+    family = _model_schema(cfg)
+    if family is ScratchModelConfig:  # the same checks as ScratchConfig, before heavy imports
         m = cfg.model
         if m.n_heads < 1 or m.d_model % m.n_heads != 0:
             raise heads_error(m.d_model, m.n_heads)
-        if m.conv_kernel < 0:
-            raise conv_kernel_error(m.conv_kernel)
-        if m.n_members < 1:
-            raise members_error(m.n_members)
-        if m.max_len < cfg.dataset.max_length:
-            _fail("model.max_len", m.max_len, f"an integer >= dataset.max_length ({cfg.dataset.max_length})")
-    elif OmegaConf.is_missing(cfg.model, "name_or_path"):
+        if m.max_positions < cfg.dataset.max_length:
+            need = f"an integer >= dataset.max_length ({cfg.dataset.max_length})"
+            _fail("model.max_positions", m.max_positions, need)
+    elif family is HFModelConfig and OmegaConf.is_missing(cfg.model, "name_or_path"):
         raise ConfigError(
             "Config error: 'model.name_or_path' is required: a Hub model id or a local save_pretrained directory."
+        )
+    elif family is None and "_target_" not in cfg.model:
+        raise ConfigError(
+            "Config error: 'model._target_' is required: the import path of the model class to build, "
+            "e.g. my_package.models.MyClassifier (or pick a built-in model, e.g. model=minilm or model=scratch_tiny)."
         )

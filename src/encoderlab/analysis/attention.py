@@ -1,9 +1,11 @@
-"""Attention maps of both model families: collection (padding stripped), attention rollout, the tokens the
-first token ([CLS] / <s>) attends to, heat maps and a per-text report. Shapes: L layers, H heads, T tokens."""
+"""Attention maps of any model with `attention_maps(batch)` (encoderlab/models/capabilities.py): collection
+(padding stripped), attention rollout, the tokens the first token ([CLS] / <s>) attends to, heat maps and a
+per-text report. Shapes: L layers, H heads, T tokens."""
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,9 +16,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from encoderlab.models.scratch import ScratchEncoder
+from encoderlab.models.capabilities import HasAttentionMaps, input_keys, max_positions
 
-_HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,19 +29,6 @@ class TextAttention:
 
 
 # ---------------------------------------------------------------- helpers shared with attributions.py
-
-
-def unwrap(net: nn.Module) -> nn.Module:
-    """The encoder itself: an HFEncoderClassifier / ScratchEncoder, or the one inside a SequenceClassifier."""
-    if hasattr(net, "hf_model") or isinstance(net, ScratchEncoder):
-        return net
-    inner = getattr(net, "model", None)
-    if isinstance(inner, nn.Module) and (hasattr(inner, "hf_model") or isinstance(inner, ScratchEncoder)):
-        return inner
-    raise TypeError(
-        f"Expected an HFEncoderClassifier or a ScratchEncoder (or a SequenceClassifier around one), "
-        f"got {type(net).__name__}."
-    )
 
 
 @contextmanager
@@ -58,38 +47,16 @@ def encode(
     net: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
 ) -> dict[str, torch.Tensor]:
     """Padded, truncated batch on the model's device, with only the inputs the model takes."""
-    if isinstance(net, ScratchEncoder):
-        max_length = min(max_length, net.cfg.max_len)
+    limit = max_positions(net)
+    max_length = min(max_length, limit) if limit else max_length
     enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    keys = ("input_ids", "attention_mask") if isinstance(net, ScratchEncoder) else _HF_INPUTS
+    keys = {*input_keys(net), "input_ids", "attention_mask"}  # the analysis reads both
     device = next(net.parameters()).device
-    return {k: enc[k].to(device) for k in keys if k in enc}
+    return {k: enc[k].to(device) for k in enc if k in keys}
 
 
 def real_tokens(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
     return tokenizer.convert_ids_to_tokens(ids[mask.bool()].tolist())
-
-
-@contextmanager
-def _eager_attention(hf_model: nn.Module) -> Iterator[None]:
-    """SDPA / flash attention cannot return weights: switch to eager for the pass, then switch back."""
-    config = hf_model.config
-    previous = getattr(config, "_attn_implementation", None)
-    if previous in (None, "eager"):
-        yield
-        return
-
-    def switch(impl: str) -> None:
-        if hasattr(hf_model, "set_attn_implementation"):  # transformers >= 4.48
-            hf_model.set_attn_implementation(impl)
-        else:
-            config._attn_implementation = impl
-
-    switch("eager")
-    try:
-        yield
-    finally:
-        switch(previous)
 
 
 # ---------------------------------------------------------------- collection and rollout
@@ -99,18 +66,16 @@ def collect_attentions(
     net: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 128
 ) -> list[TextAttention]:
     """Attention maps per text, each (L, H, T, T) over its real tokens (padding rows/columns removed)."""
-    net, texts = unwrap(net), list(texts)
+    if not isinstance(net, HasAttentionMaps):
+        raise TypeError(f"{type(net).__name__} has no attention_maps(batch) method.")
+    texts = list(texts)
     if not texts:
         return []
     batch = encode(net, tokenizer, texts, max_length)
     with eval_mode(net), torch.inference_mode():
-        if isinstance(net, ScratchEncoder):
-            _, maps = net(batch, return_attentions=True)
-        else:
-            with _eager_attention(net.hf_model):
-                maps = net.hf_model(**batch, output_attentions=True).attentions
+        maps = net.attention_maps(batch)
     if not maps or any(m is None for m in maps):
-        raise ValueError(f"{type(net).__name__} returned no attention weights for output_attentions=True.")
+        raise ValueError(f"{type(net).__name__}.attention_maps returned no attention weights.")
     stacked = torch.stack([m.float() for m in maps], dim=1).cpu()  # (B, L, H, T, T)
     out = []
     for i, text in enumerate(texts):
@@ -281,7 +246,14 @@ def attention_report(
 ) -> list[Path]:
     """Per text: a head grid per chosen layer (default all), one heat map per chosen (layer, head), and the
     rollout; plus attention.json (tokens, head-averaged first-token rows, top-k tokens, rollout row).
-    Layer and head indices are 0-based. Returns the written paths."""
+    Layer and head indices are 0-based. Returns the written paths: none for a model without attention_maps.
+    """
+    if not isinstance(net, HasAttentionMaps):
+        log.info(
+            "Attention maps skipped: %s has no attention_maps(batch) method (encoderlab/models/capabilities.py).",
+            type(net).__name__,
+        )
+        return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atts = collect_attentions(net, tokenizer, texts, max_length)

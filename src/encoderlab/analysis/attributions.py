@@ -1,5 +1,5 @@
-"""Token attributions with Integrated Gradients (Sundararajan et al., 2017) on the input token embeddings,
-for both model families, and an offline HTML view of them.
+"""Token attributions with Integrated Gradients (Sundararajan et al., 2017) on the input token embeddings
+of any model with `input_embeddings()` (encoderlab/models/capabilities.py), and an offline HTML view.
 
 The attributed quantity is the target class logit; the baseline is the same sequence with every token
 except the special ones ([CLS]/[SEP], <s>/</s>) replaced by [PAD]. By completeness, the raw attributions
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,8 +19,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from encoderlab.analysis.attention import encode, eval_mode, real_tokens, unwrap
-from encoderlab.models.scratch import ScratchEncoder
+from encoderlab.analysis.attention import encode, eval_mode, real_tokens
+from encoderlab.models.capabilities import HasInputEmbeddings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,13 +52,6 @@ def ig_baseline(input_ids: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> 
     return torch.where(keep, input_ids, torch.full_like(input_ids, tokenizer.pad_token_id))
 
 
-def _embedding_layers(net: nn.Module) -> nn.Module | list[nn.Module]:
-    """The token-embedding layer; for an ensemble scratch model each member's (attributions summed)."""
-    if isinstance(net, ScratchEncoder):
-        return [m.tok_emb for m in net.members] if net.n_members > 1 else net.tok_emb
-    return net.hf_model.get_input_embeddings()
-
-
 def _logits_fn(net: nn.Module, keys: tuple[str, ...]):
     """Captum calls this with input_ids then the other inputs positionally, each expanded to the steps."""
 
@@ -79,16 +74,15 @@ def integrated_gradients(
     class), one text at a time, in eval mode (the training flags are restored afterwards)."""
     from captum.attr import LayerIntegratedGradients
 
-    net = unwrap(net)
+    if not isinstance(net, HasInputEmbeddings):
+        raise TypeError(f"{type(net).__name__} has no input_embeddings() method.")
     out = []
     with eval_mode(net), torch.enable_grad():
         for text in texts:
             batch = encode(net, tokenizer, [text], max_length)
             keys = tuple(k for k in batch if k != "input_ids")
             forward = _logits_fn(net, keys)
-            with warnings.catch_warnings():  # an ensemble's member embeddings do not feed one another
-                warnings.filterwarnings("ignore", message="Multiple layers provided")
-                lig = LayerIntegratedGradients(forward, _embedding_layers(net))
+            lig = LayerIntegratedGradients(forward, net.input_embeddings())
             ids, extra = batch["input_ids"], tuple(batch[k] for k in keys)
             with torch.no_grad():
                 probs = forward(ids, *extra).softmax(dim=-1)[0]
@@ -103,8 +97,6 @@ def integrated_gradients(
                 n_steps=n_steps,
                 return_convergence_delta=True,
             )
-            if isinstance(attr, list):  # one per member's embeddings: IG's completeness holds for the sum
-                attr = torch.stack(attr).sum(dim=0)
             raw = attr.sum(dim=-1)[0].detach().double().cpu()  # (T,)
             norm = raw.norm()
             scores = raw / norm if norm > 0 else raw
@@ -230,7 +222,13 @@ def attribution_report(
     max_length: int = 128,
 ) -> list[Path]:
     """Integrated Gradients toward the predicted class of each text: attributions.html and
-    attributions.json in `out_dir`."""
+    attributions.json in `out_dir`; nothing for a model without input_embeddings."""
+    if not isinstance(net, HasInputEmbeddings):
+        log.info(
+            "Attributions skipped: %s has no input_embeddings() method (encoderlab/models/capabilities.py).",
+            type(net).__name__,
+        )
+        return []
     out_dir = Path(out_dir)
     attrs = integrated_gradients(net, tokenizer, texts, label_names, n_steps=n_steps, max_length=max_length)
     html_path = attributions_html(attrs, out_dir / "attributions.html")

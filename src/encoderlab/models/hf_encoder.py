@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -65,7 +67,7 @@ def load_error(what: str, name_or_path: str, ex: Exception) -> EncoderlabError:
     )
 
 
-CPU_EAGER_MAX_TOKENS = 256  # measured crossover: eager trains faster on CPU up to here
+CPU_EAGER_MAX_TOKENS = 256  # longer CPU training steps use SDPA
 
 
 class HFEncoderClassifier(nn.Module):
@@ -167,10 +169,8 @@ class HFEncoderClassifier(nn.Module):
         return self.hf_model(**inputs).logits  # (B, num_labels)
 
     def _attention_for(self, ids: torch.Tensor) -> str:
-        """SDPA, except eager for a CPU training step of at most CPU_EAGER_MAX_TOKENS tokens. Torch's CPU
-        flash-attention backward is slow: MiniLM, batch 8, bf16, 256 tokens trains in 0.42 s a step with
-        eager vs 0.57 s with SDPA (32 tokens: 0.08 vs 0.12 s); at 512 tokens SDPA wins (1.24 vs 1.83 s),
-        and in inference SDPA is faster at every length (bench/results/speed_cpu.json)."""
+        """SDPA, except eager for a CPU training step of at most CPU_EAGER_MAX_TOKENS tokens: torch's CPU
+        flash-attention backward is slow on short sequences."""
         train_on_cpu = self.training and ids.device.type == "cpu" and torch.is_grad_enabled()
         return "eager" if train_on_cpu and ids.size(1) <= CPU_EAGER_MAX_TOKENS else "sdpa"
 
@@ -178,6 +178,41 @@ class HFEncoderClassifier(nn.Module):
         if impl != self._attention:  # switching only swaps a function, no weights move
             self.hf_model.set_attn_implementation(impl)
             self._attention = impl
+
+    # ---- the optional model interface (encoderlab/models/capabilities.py)
+    input_keys = _MODEL_INPUTS
+
+    def attention_maps(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-layer attention weights, each (B, H, T, T)."""
+        inputs = {k: batch[k] for k in _MODEL_INPUTS if k in batch}
+        with self._eager_attention():
+            maps = self.hf_model(**inputs, output_attentions=True).attentions
+        if not maps or any(m is None for m in maps):
+            raise ValueError(f"{type(self.hf_model).__name__} returned no attention weights.")
+        return list(maps)
+
+    def input_embeddings(self) -> nn.Module:
+        return self.hf_model.get_input_embeddings()
+
+    @contextmanager
+    def _eager_attention(self) -> Iterator[None]:
+        """SDPA / flash attention cannot return weights: eager for the call, then the previous one back."""
+        previous = getattr(self.hf_model.config, "_attn_implementation", None)
+        if previous in (None, "eager"):
+            yield
+            return
+
+        def switch(impl: str) -> None:
+            if hasattr(self.hf_model, "set_attn_implementation"):  # transformers >= 4.48
+                self.hf_model.set_attn_implementation(impl)
+            else:
+                self.hf_model.config._attn_implementation = impl
+
+        switch("eager")
+        try:
+            yield
+        finally:
+            switch(previous)
 
     def save_pretrained(
         self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None

@@ -3,15 +3,14 @@
 Token embedding + positions (sinusoidal | learned) -> N encoder blocks (pre-LN by default, post-LN as an
 option; residual connections around attention and MLP) -> final LayerNorm -> pooling (cls | mean | max,
 all mask-aware) -> classifier. Attention goes through F.scaled_dot_product_attention with a boolean
-key-padding mask, so padding gets exactly zero weight. With n_members > 1 the model is an ensemble of
-that many such encoders (see ScratchEncoder). Shapes: B batch, T tokens, C d_model, H heads, M members.
+key-padding mask, so padding gets exactly zero weight. Shapes: B batch, T tokens, C d_model, H heads.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -20,80 +19,60 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from encoderlab.config import ALLOWED_VALUES
-from encoderlab.errors import ConfigError, conv_kernel_error, heads_error, members_error
+from encoderlab.config import ALLOWED_VALUES, ScratchModelConfig
+from encoderlab.errors import ConfigError, heads_error
 
 
 @dataclass
-class ScratchConfig:
+class ScratchConfig(ScratchModelConfig):
+    """The schema's architecture keys (encoderlab.config.ScratchModelConfig) plus what the data decides."""
+
     vocab_size: int = 8000
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 512
-    dropout: float = 0.1
-    max_len: int = 512
-    positions: str = "sinusoidal"  # sinusoidal | learned
-    scale_embeddings: bool = True  # with sinusoidal positions: tokens init N(0, 1/C), times sqrt(C)
-    norm: str = "pre"  # pre | post
-    pooling: str = "mean"  # cls | mean | max
-    attention: str = "auto"  # auto | sdpa | explicit: see SelfAttention
-    conv_kernel: int = 0  # > 0: a convolution over this many tokens in each block (LocalConv)
-    conv_type: str = "depthwise"  # depthwise | full: see LocalConv
-    n_members: int = 1  # > 1: an ensemble of independent encoders (see ScratchEncoder)
-    member_bagging: bool = True  # ensembles: per-member Poisson(1) example weights in training
     pad_token_id: int = 0
     num_labels: int = 2
 
     def __post_init__(self) -> None:
         if self.n_heads < 1 or self.d_model % self.n_heads != 0:
             raise heads_error(self.d_model, self.n_heads)
-        if self.conv_kernel < 0:
-            raise conv_kernel_error(self.conv_kernel)
-        if self.n_members < 1:
-            raise members_error(self.n_members)
-        # the values the config check allows
-        for key in ("positions", "norm", "pooling", "attention", "conv_type"):
-            allowed = ALLOWED_VALUES[f"model.{key}"]
-            if getattr(self, key) not in allowed:
+        for key, allowed in ALLOWED_VALUES.items():  # the values the config check allows
+            name = key.removeprefix("model.")
+            if key.startswith("model.") and getattr(self, name) not in allowed:
                 raise ConfigError(
-                    f"Config error: bad value for 'model.{key}': {getattr(self, key)!r}. Allowed: {', '.join(allowed)}."
+                    f"Config error: bad value for '{key}': {getattr(self, name)!r}. Allowed: {', '.join(allowed)}."
                 )
 
 
-def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
-    """(max_len, C) fixed sin/cos positions of 'Attention Is All You Need'."""
-    pos = torch.arange(max_len).unsqueeze(1)  # (T, 1)
+def sinusoidal_table(max_positions: int, d_model: int) -> torch.Tensor:
+    """(max_positions, C) fixed sin/cos positions of 'Attention Is All You Need'."""
+    pos = torch.arange(max_positions).unsqueeze(1)  # (T, 1)
     freq = torch.exp(torch.arange(0, d_model, 2) * (-math.log(10000.0) / d_model))  # (C/2,)
-    table = torch.zeros(max_len, d_model)
+    table = torch.zeros(max_positions, d_model)
     table[:, 0::2] = torch.sin(pos * freq)
     table[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
     return table
 
 
-# Up to where explicit attention was measured faster for CPU training (it holds B*H*T*T scores in memory).
-CPU_EXPLICIT_MAX_TOKENS = 1024
+CPU_EAGER_MAX_TOKENS = 1024  # longer CPU training steps use SDPA (eager holds B*H*T*T scores in memory)
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention. SDPA by default; the explicit softmax(QK^T/sqrt(d))V when the maps are
-    asked for, and (attention=auto) for CPU training steps up to 1024 tokens: torch's CPU flash-attention
-    backward is slow there. Measured step (d=256, 4 layers, 4 heads, batch 8, bf16, 2 cores), explicit vs
-    SDPA: 64 tokens 0.052 vs 0.055 s, 256 0.18 vs 0.27 s, 512 0.50 vs 1.11 s, 1024 2.17 vs 3.97 s."""
+    """Multi-head self-attention. SDPA by default; eager softmax(QK^T/sqrt(d))V when the maps are asked
+    for, and (attn_implementation=auto) for CPU training steps: torch's CPU flash-attention backward is
+    slow on short sequences."""
 
     def __init__(self, cfg: ScratchConfig) -> None:
         super().__init__()
-        self.attention = cfg.attention
+        self.attn_implementation = cfg.attn_implementation
         self.n_heads = cfg.n_heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
 
-    def _explicit(self, x: torch.Tensor) -> bool:
-        if self.attention != "auto":
-            return self.attention == "explicit"
+    def _eager(self, x: torch.Tensor) -> bool:
+        if self.attn_implementation != "auto":
+            return self.attn_implementation == "eager"
         cpu_step = self.training and x.device.type == "cpu" and torch.is_grad_enabled()
-        return cpu_step and x.size(1) <= CPU_EXPLICIT_MAX_TOKENS
+        return cpu_step and x.size(1) <= CPU_EAGER_MAX_TOKENS
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, need_weights: bool = False):
         B, T, C = x.shape
@@ -103,7 +82,7 @@ class SelfAttention(nn.Module):
         )  # (B, H, T, C/H)
         mask = keep[:, None, None, :]  # (B, 1, 1, T): True where the key is a real token
         weights = None
-        if need_weights or self._explicit(x):  # explicit path, same math
+        if need_weights or self._eager(x):  # same math as SDPA
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
             weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
             y = F.dropout(weights, self.dropout, self.training) @ v
@@ -126,42 +105,12 @@ class MLP(nn.Module):
         return self.drop(self.down(F.gelu(self.up(x))))  # (B, T, C)
 
 
-class LocalConv(nn.Module):
-    """Convolution over conv_kernel neighbouring tokens, then a pointwise projection: n-gram features that
-    attention over a few thousand short training texts is slow to learn. depthwise: each channel sees
-    only itself in the window (k*C weights); full: each output channel reads every channel of every
-    token in the window (k*C*C weights), as in a CNN text classifier. Padding is zeroed first, so it
-    never leaks into real tokens."""
-
-    def __init__(self, cfg: ScratchConfig) -> None:
-        super().__init__()
-        k, C = cfg.conv_kernel, cfg.d_model
-        self.conv1d = nn.Conv1d(C, C, k, padding=k // 2, groups=C if cfg.conv_type == "depthwise" else 1)
-        self.pointwise = nn.Linear(C, C)
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        for name in ("weight", "bias"):  # models saved before conv_type named the convolution "depthwise"
-            if f"{prefix}depthwise.{name}" in state_dict:
-                state_dict[f"{prefix}conv1d.{name}"] = state_dict.pop(f"{prefix}depthwise.{name}")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        T = x.size(1)
-        x = x.masked_fill(~keep.unsqueeze(-1), 0.0).transpose(1, 2)  # (B, C, T)
-        y = self.conv1d(x)[..., :T].transpose(1, 2)  # (B, T, C); even kernels pad one extra: trim
-        return self.drop(self.pointwise(F.gelu(y)))  # (B, T, C)
-
-
 class Block(nn.Module):
-    """x + attn(norm(x)); x + mlp(norm(x))  (pre-LN)   or   norm(x + attn(x)); norm(x + mlp(x))  (post-LN),
-    with conv_kernel > 0 preceded by x + conv(norm(x))  or  norm(x + conv(x))."""
+    """x + attn(norm(x)); x + mlp(norm(x))  (pre-LN)   or   norm(x + attn(x)); norm(x + mlp(x))  (post-LN)."""
 
     def __init__(self, cfg: ScratchConfig) -> None:
         super().__init__()
         self.pre = cfg.norm == "pre"
-        self.conv = LocalConv(cfg) if cfg.conv_kernel > 0 else None
-        self.ln0 = nn.LayerNorm(cfg.d_model) if self.conv is not None else None
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg)
         self.ln2 = nn.LayerNorm(cfg.d_model)
@@ -169,8 +118,6 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor, need_weights: bool = False):
-        if self.conv is not None:  # x + conv(norm(x))  or  norm(x + conv(x))
-            x = x + self.conv(self.ln0(x), keep) if self.pre else self.ln0(x + self.conv(x, keep))
         if self.pre:
             a, w = self.attn(self.ln1(x), keep, need_weights)
             x = x + self.drop(a)
@@ -185,15 +132,7 @@ class Block(nn.Module):
 class ScratchEncoder(nn.Module):
     """forward(batch) -> logits (B, num_labels); with return_attentions=True also a list of per-layer
     attention maps, each (B, H, T, T). Built from a ScratchConfig, or from keyword arguments (Hydra's
-    `_target_`), where `tokenizer` sets vocab_size and pad_token_id.
-
-    n_members > 1 makes it an ensemble: `members` holds that many single encoders, each with its own
-    embeddings and random init. forward returns log(mean of the members' probabilities), so softmax,
-    argmax and cross-entropy read the averaged prediction; attention maps are averaged over members per
-    layer. Training does not fit that average (members fitted jointly co-adapt and lose their diversity):
-    SequenceClassifier gives each member its own loss on `member_logits`, with member_bagging each
-    example weighted by the member's own Poisson(1) draw per step (online bagging), so the members differ
-    in data as independently trained models do, not only in their init and dropout masks."""
+    `_target_`), where `tokenizer` sets vocab_size and pad_token_id."""
 
     def __init__(
         self,
@@ -211,18 +150,12 @@ class ScratchEncoder(nn.Module):
         self.id2label = {
             int(k): v for k, v in (id2label or {i: str(i) for i in range(cfg.num_labels)}).items()
         }
-        self.n_members, self.member_bagging = cfg.n_members, cfg.member_bagging
-        if cfg.n_members > 1:  # an ensemble: nothing of its own but the members
-            one = replace(cfg, n_members=1)
-            self.members = nn.ModuleList(
-                ScratchEncoder(one, id2label=self.id2label) for _ in range(cfg.n_members)
-            )
-            return
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=cfg.pad_token_id)
         if cfg.positions == "learned":
-            self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+            self.pos_emb = nn.Embedding(cfg.max_positions, cfg.d_model)
         else:
-            self.register_buffer("pos_table", sinusoidal_table(cfg.max_len, cfg.d_model), persistent=False)
+            table = sinusoidal_table(cfg.max_positions, cfg.d_model)
+            self.register_buffer("pos_table", table, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_f = nn.LayerNorm(cfg.d_model) if cfg.norm == "pre" else nn.Identity()
@@ -250,19 +183,25 @@ class ScratchEncoder(nn.Module):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
 
-    def member_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Each member's logits, (B, M, num_labels); M = 1 for a single encoder."""
-        if self.n_members == 1:
-            return self(batch).unsqueeze(1)
-        return torch.stack([member(batch) for member in self.members], dim=1)
+    # ---- the optional model interface (encoderlab/models/capabilities.py)
+    input_keys = ("input_ids", "attention_mask")
+
+    @property
+    def max_positions(self) -> int:
+        return self.cfg.max_positions
+
+    def attention_maps(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-layer attention weights, each (B, H, T, T)."""
+        return self(batch, return_attentions=True)[1]
+
+    def input_embeddings(self) -> nn.Module:
+        return self.tok_emb
 
     def forward(self, batch: dict[str, torch.Tensor], return_attentions: bool = False):
-        if self.n_members > 1:
-            return self._ensemble_forward(batch, return_attentions)
         ids = batch["input_ids"]  # (B, T)
         B, T = ids.shape
-        if ids.size(1) > self.cfg.max_len:
-            raise ValueError(f"sequence length {T} exceeds model.max_len={self.cfg.max_len}")
+        if ids.size(1) > self.cfg.max_positions:
+            raise ValueError(f"sequence length {T} exceeds model.max_positions={self.cfg.max_positions}")
         keep = (
             batch["attention_mask"].bool() if "attention_mask" in batch else ids != self.cfg.pad_token_id
         )  # (B, T)
@@ -277,23 +216,14 @@ class ScratchEncoder(nn.Module):
         logits = self.head(self.drop(pooled))  # (B, num_labels)
         return (logits, maps) if return_attentions else logits
 
-    def _ensemble_forward(self, batch: dict[str, torch.Tensor], return_attentions: bool):
-        outs = [member(batch, return_attentions) for member in self.members]
-        logits = torch.stack([o[0] if return_attentions else o for o in outs], dim=1)  # (B, M, L)
-        log_probs = logits.float().log_softmax(dim=-1)
-        mixed = torch.logsumexp(log_probs, dim=1) - math.log(self.n_members)  # log mean prob, (B, L)
-        if not return_attentions:
-            return mixed
-        per_layer = zip(*(o[1] for o in outs), strict=True)  # layer by layer, one map per member
-        return mixed, [torch.stack(maps).mean(dim=0) for maps in per_layer]  # each (B, H, T, T)
-
     def save_pretrained(
         self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
     ) -> None:
         """config.json + model.safetensors (+ the tokenizer): reloads with ScratchEncoder.from_pretrained."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": "encoderlab_scratch", **asdict(self.cfg), "id2label": self.id2label}
+        fields = {k: v for k, v in asdict(self.cfg).items() if k != "_target_"}
+        config = {"model_type": "encoderlab_scratch", **fields, "id2label": self.id2label}
         (directory / "config.json").write_text(json.dumps(config, indent=2))
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()},

@@ -117,7 +117,7 @@ def load_model(source: str, tracking_uri: str | None = None) -> LoadedModel:
         from encoderlab.models.scratch import ScratchEncoder
 
         net = ScratchEncoder.from_pretrained(directory)
-        family, model_max = "scratch", net.cfg.max_len
+        family, model_max = "scratch", net.cfg.max_positions
     else:
         from encoderlab.models.hf_encoder import HFEncoderClassifier
 
