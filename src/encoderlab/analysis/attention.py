@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from encoderlab.analysis.progress import bar
 from encoderlab.models.scratch import ScratchEncoder
 
 _HF_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -278,10 +279,11 @@ def attention_report(
     heads: Sequence[int | tuple[int, int]] | None = None,
     top_k: int = 5,
     max_length: int = 128,
+    progress: bool | None = False,
 ) -> list[Path]:
     """Per text: a head grid per chosen layer (default all), one heat map per chosen (layer, head), and the
     rollout; plus attention.json (tokens, head-averaged first-token rows, top-k tokens, rollout row).
-    Layer and head indices are 0-based. Returns the written paths."""
+    Layer and head indices are 0-based. progress: a bar over the texts. Returns the written paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atts = collect_attentions(net, tokenizer, texts, max_length)
@@ -293,7 +295,7 @@ def attention_report(
     pairs = _head_pairs(chosen, heads or [], n_layers, n_heads) if atts else []
     paths: list[Path] = []
     records = []
-    for i, att in enumerate(atts):
+    for i, att in bar(enumerate(atts), "Attention maps", progress, total=len(atts)):
         files = [plot_layer_grid(att, layer, out_dir / f"text{i}_layer{layer}_heads.png") for layer in chosen]
         files += [plot_head(att, lay, h, out_dir / f"text{i}_layer{lay}_head{h}.png") for lay, h in pairs]
         files.append(plot_rollout(att, out_dir / f"text{i}_rollout.png"))

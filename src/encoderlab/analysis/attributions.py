@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from encoderlab.analysis.attention import encode, eval_mode, real_tokens, unwrap
+from encoderlab.analysis.progress import bar
 from encoderlab.models.scratch import ScratchEncoder
 
 
@@ -74,15 +75,17 @@ def integrated_gradients(
     target: int | None = None,
     n_steps: int = 50,
     max_length: int = 128,
+    progress: bool | None = False,
 ) -> list[TokenAttribution]:
     """Integrated-Gradients attributions of each text's tokens toward `target` (default: the predicted
-    class), one text at a time, in eval mode (the training flags are restored afterwards)."""
+    class), one text at a time (progress: a bar over the texts), in eval mode (the training flags are
+    restored afterwards)."""
     from captum.attr import LayerIntegratedGradients
 
     net = unwrap(net)
     out = []
     with eval_mode(net), torch.enable_grad():
-        for text in texts:
+        for text in bar(texts, "Integrated Gradients", progress):
             batch = encode(net, tokenizer, [text], max_length)
             keys = tuple(k for k in batch if k != "input_ids")
             forward = _logits_fn(net, keys)
@@ -228,11 +231,14 @@ def attribution_report(
     label_names: Sequence[str],
     n_steps: int = 50,
     max_length: int = 128,
+    progress: bool | None = False,
 ) -> list[Path]:
     """Integrated Gradients toward the predicted class of each text: attributions.html and
     attributions.json in `out_dir`."""
     out_dir = Path(out_dir)
-    attrs = integrated_gradients(net, tokenizer, texts, label_names, n_steps=n_steps, max_length=max_length)
+    attrs = integrated_gradients(
+        net, tokenizer, texts, label_names, n_steps=n_steps, max_length=max_length, progress=progress
+    )
     html_path = attributions_html(attrs, out_dir / "attributions.html")
     json_path = out_dir / "attributions.json"
     summary = {
