@@ -65,13 +65,17 @@ def main(argv: list[str]) -> int:
     from encoderlab.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    latest = not (args.experiment or args.parent)
+    if latest and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise EncoderlabError(  # before MLflow creates an empty store there
+            f"No MLflow store at {uri.removeprefix('sqlite:///')}: run `encoderlab table` where you ran the "
+            "experiments, or pass --tracking-uri, --experiment NAME or --parent RUN_ID."
+        )
     import mlflow
 
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    parent = args.parent
-    if not (args.experiment or parent):
-        parent = _latest_sweep_id(client, uri)
+    parent = _latest_sweep_id(client, uri) if latest else args.parent
     frame = load_runs(client, args.experiment, parent, args.filter)
     if frame.empty:
         raise EncoderlabError("No finished runs match (only FINISHED runs are tabulated).")
@@ -112,11 +116,6 @@ def main(argv: list[str]) -> int:
 
 def _latest_sweep_id(client, uri: str) -> str:
     """The most recent sweep's parent run id, said on stderr; a clear error when the store has none."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        raise EncoderlabError(
-            f"No MLflow store at {uri.removeprefix('sqlite:///')}: run `encoderlab table` where you ran the "
-            "experiments, or pass --tracking-uri, --experiment NAME or --parent RUN_ID."
-        )
     run = latest_sweep(client)
     if run is None:
         raise EncoderlabError(
