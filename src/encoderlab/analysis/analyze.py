@@ -118,11 +118,11 @@ def probe_report(
     rates, skipped = results.pass_rates(), results.skipped
     if skipped:
         log.info(
-            "Probe suites skipped (%d of %d): %s: the model's labels are %s",
+            "Probe suites skipped (%d of %d, no prediction run): %s: %s",
             len(skipped),
             len(suites),
             ", ".join(skipped),
-            ", ".join(label_names),
+            "; ".join(dict.fromkeys(skipped.values())),
         )
     probe_dir = out_dir / "probes"
     probe_dir.mkdir(exist_ok=True)
