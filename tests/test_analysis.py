@@ -27,6 +27,7 @@ from encoderlab.analysis.attributions import (
 )
 from encoderlab.models.hf_encoder import HFEncoderClassifier
 from encoderlab.models.scratch import ScratchConfig, ScratchEncoder
+from encoderlab.paths import conf_dir
 
 SHORT = "a gripping , funny film"
 LONG = "the plot is thin and the dialogue is flat , but the cast & the music <b>save</b> it"
@@ -220,3 +221,144 @@ def test_wordpiece_pieces_are_joined_in_the_html(tmp_path):
     visible = re.sub(r"<[^>]+>", "", page.split('class="tokens">')[1].split("</div>")[0])
     assert visible == "[CLS] gripping film [SEP]"
     assert "rgba(22,163,74" in page and "rgba(220,38,38" in page  # positive green, negative red
+
+
+# ---- reliability diagram ------------------------------------------------------------------------------
+def test_reliability_diagram_shows_under_confidence_as_a_gap_up_to_accuracy():
+    """An under-confident model (confidence 0.6-0.7, every answer right) draws its gap from the bin's
+    mean confidence up to its accuracy, labelled under-confident; nothing is labelled over-confident."""
+    from encoderlab.analysis.figures import UNDER_CONFIDENT, reliability_figure
+    from encoderlab.analysis.report import expected_calibration_error
+
+    top = np.array([0.62, 0.64, 0.66, 0.68, 0.61, 0.69])
+    probs = np.stack([top, 1 - top], axis=1)  # class 0 is predicted, and right
+    ece, bins = expected_calibration_error(np.zeros(len(top), dtype=int), probs, n_bins=10)
+    assert ece > 0.3
+    fig, artists = reliability_figure(bins, ece)
+    try:
+        assert "over" not in artists
+        under = artists["under"]
+        assert under.get_label() == UNDER_CONFIDENT
+        filled = [b for b in bins if b["count"]]
+        assert len(under.patches) == len(filled)
+        for patch, b in zip(under.patches, filled, strict=True):
+            assert b["accuracy"] > b["confidence"]
+            assert patch.get_y() == pytest.approx(b["confidence"])  # starts at the confidence ...
+            assert patch.get_y() + patch.get_height() == pytest.approx(b["accuracy"])  # ... up to accuracy
+            assert patch.get_height() > 0
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert UNDER_CONFIDENT in legend and "mean confidence in the bin" in legend
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+def test_reliability_diagram_shows_over_confidence_from_accuracy_up_to_confidence():
+    from encoderlab.analysis.figures import OVER_CONFIDENT, reliability_figure
+    from encoderlab.analysis.report import expected_calibration_error
+
+    probs = np.tile([0.95, 0.05], (10, 1))
+    y = np.array([0] * 5 + [1] * 5)  # half right at confidence 0.95
+    ece, bins = expected_calibration_error(y, probs, n_bins=10)
+    fig, artists = reliability_figure(bins, ece)
+    try:
+        assert "under" not in artists and artists["over"].get_label() == OVER_CONFIDENT
+        (patch,) = artists["over"].patches
+        assert patch.get_y() == pytest.approx(0.5) and patch.get_y() + patch.get_height() == pytest.approx(
+            0.95
+        )
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
+# ---- analyze: probes skipped at no cost, progress bars, wall times -----------------------------------
+def _analysis(**over):
+    from omegaconf import OmegaConf
+
+    from encoderlab.config import AnalysisConfig, ProbesConfig
+
+    cfg = OmegaConf.structured(AnalysisConfig)
+    for key, value in over.items():
+        OmegaConf.update(cfg, key, value)
+    sentiment = OmegaConf.load(conf_dir() / "probes" / "sentiment_basic.yaml")
+    return cfg, OmegaConf.merge(OmegaConf.structured(ProbesConfig), sentiment)
+
+
+def _frame(labels: list[str], n: int = 40):
+    from encoderlab.analysis.report import predictions_frame
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(len(labels)), size=n)
+    return predictions_frame([f"text {i}" for i in range(n)], rng.integers(0, len(labels), n), probs, labels)
+
+
+def test_probe_suites_for_other_labels_cost_no_prediction_and_one_log_line(
+    tiny_bert, tok, tmp_path, monkeypatch, caplog
+):
+    import logging
+
+    from encoderlab.analysis import analyze as analyze_module
+
+    def no_prediction(*args, **kwargs):
+        raise AssertionError("a skipped probe suite must not run the model")
+
+    monkeypatch.setattr(analyze_module, "predict_proba", no_prediction)
+    labels = ["ABBR", "DESC", "ENTY"]  # TREC-like: none of the sentiment suites fits
+    analysis, probes = _analysis()
+    with caplog.at_level(logging.INFO):
+        logged = analyze_module.analyze(
+            _build("hf", tiny_bert, tok),
+            tok,
+            _frame(labels),
+            labels,
+            analysis,
+            probes,
+            tmp_path,
+            progress=False,
+        )
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1, skipped
+    assert "5 of 5" in skipped[0] and "ABBR, DESC, ENTY" in skipped[0]
+    assert not any(k.startswith("probes/") for k in logged)
+    results = json.loads((tmp_path / "probes" / "results.json").read_text())
+    assert set(results["skipped"]) == {
+        "basic",
+        "negation",
+        "intensifiers_positive",
+        "intensifiers_negative",
+        "typos",
+    }
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_analysis_stages_show_progress_unless_disabled_and_report_wall_times(
+    progress, tiny_bert, tok, tmp_path, capsys, caplog
+):
+    import logging
+
+    from encoderlab.analysis.analyze import analyze
+
+    analysis, probes = _analysis(
+        **{"attention.enabled": True, "attention.n_examples": 2, "mc_dropout.passes": 2}
+    )
+    with caplog.at_level(logging.INFO):
+        logged = analyze(
+            _build("hf", tiny_bert, tok),
+            tok,
+            _frame(LABELS),
+            LABELS,
+            analysis,
+            probes,
+            tmp_path,
+            progress=progress,
+        )
+    err = capsys.readouterr().err
+    for bar in ("Report figures", "MC dropout (2 passes", "Probes", "Attention maps"):
+        assert (bar in err) is progress, bar
+    for stage in ("report", "mc_dropout", "probes", "attention", "html"):
+        assert logged[f"analysis/{stage}_seconds"] >= 0
+        assert any(r.getMessage().startswith(f"Analysis {stage.replace('_', ' ')}: ") for r in caplog.records)
+    assert logged["analysis/total_seconds"] >= logged["analysis/report_seconds"]

@@ -85,6 +85,31 @@ def test_train_help_lists_config_groups(cli):
         assert group in res.out
 
 
+def test_evaluate_help_lists_its_keys_with_one_line_each(cli):
+    res = cli("evaluate", "--help")
+    assert res.code == 0
+    lines = {line.split()[0]: line for line in res.out.splitlines() if line.startswith("  ") and "=" in line}
+    for key in ("source", "split", "max_length", "device", "enable_progress_bar", "experiment_name", "seed"):
+        (line,) = [v for k, v in lines.items() if k.startswith(key + "=")]
+        assert len(line.split(maxsplit=1)) == 2, line  # key=default, then what it does
+    assert "MLflow run id, run directory" in res.out and "split=test" in res.out
+    assert "analysis:   full, none, report*" in res.out
+
+
+def test_old_analysis_option_names_fail_with_the_available_ones(cli):
+    res = cli("train", "analysis=default", "--cfg", "job")
+    assert res.code == 2
+    assert (
+        "Could not find 'analysis/default'" in res.err and "Available options: full, none, report" in res.err
+    )
+
+
+def test_table_without_a_sweep_in_the_store_says_what_to_pass(cli, isolated):
+    res = cli("table")
+    assert res.code == 1 and "No MLflow store at" in res.err and "--experiment" in res.err
+    assert not (isolated / "outputs").exists()  # looking did not create an empty store
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_cfg_job_prints_full_config_for_every_preset(cli, preset):
     res = cli("train", "--cfg", "job", f"experiment={preset}")

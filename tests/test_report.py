@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _artifacts(client, run_id: str, path: str = "") -> set[str]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_bert, tiny_mirror, session_cache) -> Trained:
-    """One tiny BERT trained on the SST-2 mirror with the default analysis (built once for this module)."""
+    """One tiny BERT trained on the SST-2 mirror with analysis=full (built once for this module)."""
     from mlflow.tracking import MlflowClient
 
     from encoderlab.cli import main
@@ -81,6 +82,7 @@ def trained(tmp_path_factory, tiny_bert, tiny_mirror, session_cache) -> Trained:
                 "dataset.max_train_samples=400",
                 "optimizer.lr=1e-3",
                 "trainer.max_epochs=2",
+                "analysis=full",
                 "analysis.attributions.n_steps=16",
                 *FAST,
             ]
@@ -113,6 +115,8 @@ def test_run_logs_every_report_artifact(trained):
         "mc_dropout/mean_std",
     ):
         assert name in metrics, name
+    for stage in ("report", "mc_dropout", "probes", "attention", "attributions", "html", "total"):
+        assert metrics[f"analysis/{stage}_seconds"] > 0, stage
     # the PNGs are real images
     for png in (trained.run_dir / "report").rglob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -167,9 +171,11 @@ def test_report_numbers_match_sklearn_on_the_predictions_file(trained):
 
 
 def test_html_report_is_one_offline_page(trained):
-    page = (trained.run_dir / "report" / "report.html").read_text()
+    report_dir = trained.run_dir / "report"
+    page = (report_dir / "report.html").read_text()
+    assert (report_dir / "report.html").stat().st_size < 2_000_000
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    assert page.count("data:image/png;base64,") >= 7  # 2 confusion, ROC, PR, reliability, probes, attention
+    assert page.count("data:image/png;base64,") >= 7  # 2 confusion, ROC, PR, reliability, probes, rollout
     for section in (
         "Per-class report",
         "Most confident errors",
@@ -178,6 +184,25 @@ def test_html_report_is_one_offline_page(trained):
         "Integrated Gradients",
     ):
         assert section in page, section
+    # the head grids are files next to the page, linked relatively (the page opens from the folder)
+    links = re.findall(r"href='([^']+)'", page)
+    assert "attention/text0_layer0_heads.png" in links
+    for link in links:
+        assert (report_dir / link).is_file(), link
+    grids = {p.relative_to(report_dir).as_posix() for p in report_dir.glob("attention/*_heads.png")}
+    assert grids and grids <= set(links)
+
+
+def test_probe_table_says_what_a_negation_pair_expects(trained):
+    page = (trained.run_dir / "report" / "report.html").read_text()
+    assert "<th>suite</th><th>probe</th><th>text</th><th>expected</th><th>prediction</th>" in page
+    results = pd.read_csv(trained.run_dir / "report" / "probes" / "results.csv")
+    negation = results[results["suite"] == "negation"]
+    # the first text of each pair must get the suite's label, the negated one flipped_label
+    assert set(negation[negation["position"] == 0]["expected"]) == {"positive"}
+    assert set(negation[negation["position"] == 1]["expected"]) == {"negative"}
+    cells = re.findall(r'<td>negation</td><td>\d+</td><td class="text">([^<]*)</td><td>(\w+)</td>', page)
+    assert ("The movie is not good.", "negative") in cells and ("The movie is good.", "positive") in cells
 
 
 def test_probe_results_hold_probabilities_per_text(trained):
@@ -255,6 +280,23 @@ def test_predict_reads_files_and_stdin_and_writes_jsonl(trained, cli, isolated, 
         np.testing.assert_allclose(other, results[0], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["--threshold", "1.0", "The movie is good.", "The movie is not good."],
+        ["The movie is good.", "--threshold", "1.0", "The movie is not good."],
+    ],
+    ids=["options-first", "options-between-texts"],
+)
+def test_predict_takes_options_anywhere_among_the_texts(trained, cli, isolated, order):
+    out = isolated / "p.csv"
+    res = cli("predict", str(trained.run_dir / "model"), *order, "--output", str(out))
+    assert res.code == 0, res.err
+    frame = pd.read_csv(out)
+    assert frame["text"].tolist() == ["The movie is good.", "The movie is not good."]
+    assert frame["label"].tolist() == ["abstain", "abstain"]  # --threshold 1.0 applied to both
+
+
 def test_predict_mc_dropout_reports_spread_and_threshold_abstains(trained, cli, isolated):
     model = str(trained.run_dir / "model")
     args = ("predict", model, "The movie is good.", "The movie is not good.", "--mc-dropout", "8")
@@ -313,8 +355,6 @@ def test_evaluate_cross_domain_logs_a_new_run_with_the_report(trained, cli, mlfl
             f"source={trained.run_id}",
             "dataset=imdb",
             "dataset.max_test_samples=60",
-            "analysis.attention.enabled=false",
-            "analysis.attributions.enabled=false",
         )
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
@@ -337,8 +377,31 @@ def test_evaluate_cross_domain_logs_a_new_run_with_the_report(trained, cli, mlfl
     (out_dir,) = (isolated / "outputs" / "evaluate").glob("*/*")
     preds = pd.read_csv(out_dir / "predictions" / "test_predictions.csv")
     assert len(preds) == 60
-    assert run.data.metrics["eval/accuracy"] == pytest.approx(preds["correct"].mean())
+    assert run.data.metrics["test/accuracy"] == pytest.approx(preds["correct"].mean())
     assert run.data.metrics["report/accuracy"] == pytest.approx(preds["correct"].mean())
+    # the default analysis (report) leaves out the heavy stages, and says how long each stage took
+    assert not any(
+        a.startswith(("report/attention", "report/attributions", "report/mc_dropout")) for a in arts
+    )
+    assert {"analysis/report_seconds", "analysis/probes_seconds", "analysis/total_seconds"} <= set(
+        run.data.metrics
+    )
+
+
+def test_evaluate_on_the_runs_test_split_reproduces_its_test_metrics(trained, cli, mlflow_client):
+    """evaluate logs <split>/<name> with the definitions training uses: the same numbers on the same split."""
+    res = cli("evaluate", f"source={trained.run_dir}", "dataset=sst2", "split=test", "probes=none")
+    assert res.code == 0, res.err
+    (run,) = all_runs(mlflow_client)
+    from mlflow.tracking import MlflowClient
+
+    trained_metrics = MlflowClient(trained.tracking_uri).get_run(trained.run_id).data.metrics
+    evaluated = run.data.metrics
+    assert evaluated["data/test_rows"] == trained_metrics["data/test_rows"]
+    for name in ("test/accuracy", "test/f1_macro", "test/f1_weighted", "test/auroc", "report/accuracy"):
+        assert evaluated[name] == pytest.approx(trained_metrics[name], abs=1e-6), name
+    assert evaluated["test/loss"] == pytest.approx(trained_metrics["test/loss"], abs=1e-4)
+    assert "eval/accuracy" not in evaluated
 
 
 def test_evaluate_on_a_dataset_with_other_labels_fails_clearly(trained, cli, isolated, mlflow_client):

@@ -261,6 +261,15 @@ def test_multirun_grid_is_one_parent_run_with_a_child_per_job(cli, tiny_bert, ml
         assert mean == pytest.approx(sum(accs) / 2, abs=1e-4)
         assert std == pytest.approx(abs(accs[0] - accs[1]) / 2**0.5, abs=1e-4)
     assert "grouped by: optimizer.lr" in res.err
+    # no arguments: the most recent sweep of the store, the same table
+    latest = cli(
+        "table", "--metrics", "test/accuracy", "--format", "csv", "--baseline", "optimizer.lr=0.0001"
+    )
+    assert latest.code == 0, latest.err
+    assert latest.out == res.out
+    assert (
+        f"the most recent sweep, {parent.info.run_name} (grid, parent run {parent.info.run_id}" in latest.err
+    )
     res = cli("table", "--experiment", "nope")
     assert res.code == 1 and "No MLflow experiment named 'nope'" in res.err
 

@@ -6,6 +6,7 @@ Nothing here imports torch or lightning: a config mistake fails in milliseconds.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,19 @@ def write_rerun_config(values: dict, choices: dict, path: Path, header: str = ""
     return path
 
 
+def top_level_keys(path: Path) -> list[tuple[str, str, str]]:
+    """(key, default, comment) of each top-level key of a primary config file, its defaults list and
+    hydra section left out: the lines `<key>: <value>  # <comment>` as written."""
+    out = []
+    for line in path.read_text().splitlines():
+        match = re.match(r"^([A-Za-z_]\w*):(.*)$", line)
+        if not match or match[1] in ("defaults", "hydra"):
+            continue
+        value, _, comment = match[2].partition("#")
+        out.append((match[1], value.strip() or "{...}", comment.strip()))
+    return out
+
+
 def config_help(config_name: str = "train") -> str:
     """`encoderlab train --help` from the config files alone: Hydra's generated help deep-copies the
     whole config store once per group option (over a second); this answers in tens of milliseconds."""
@@ -114,6 +128,10 @@ def config_help(config_name: str = "train") -> str:
         marked = [f"{o}*" if defaults.get(group.name) == o else o for o in options]
         lines.append(f"  {group.name + ':':<11} {', '.join(marked)}")
     launchers = sorted(f.stem for f in (conf / "hydra" / "launcher").glob("*.yaml"))
+    keys = "\n".join(
+        f"  {key + '=' + value:<24} {comment}".rstrip()
+        for key, value, comment in top_level_keys(conf / f"{config_name}.yaml")
+    )
     return f"""\
 encoderlab {config_name}: compose conf/{config_name}.yaml with your overrides and run it
 
@@ -121,6 +139,9 @@ usage: encoderlab {config_name} [group=option ...] [key=value ...] [flags]
 
 config groups (pick one with group=option; * marks the default):
 {chr(10).join(lines)}
+
+keys (set with key=value; a group's keys with group.key=value, listed by --cfg job):
+{keys}
 
 flags:
   -m, --multirun        a run per combination of comma-separated values (one MLflow parent run)

@@ -209,13 +209,13 @@ class ReportConfig:
 
 @dataclass
 class MCDropoutConfig:
-    passes: int = 10  # stochastic forward passes with dropout on; 0 turns it off
+    passes: int = 0  # stochastic forward passes with dropout on (analysis=full: 10); 0 turns it off
     max_examples: int | None = 1000  # of the test split (a seeded sample), None for all
 
 
 @dataclass
 class AttentionConfig:
-    enabled: bool = True
+    enabled: bool = False  # analysis=full turns it on
     texts: list[str] | None = None  # None: the most confident test errors and correct predictions
     n_examples: int = 3
     layers: list[int] | None = None  # None: every layer
@@ -226,7 +226,7 @@ class AttentionConfig:
 
 @dataclass
 class AttributionsConfig:
-    enabled: bool = True
+    enabled: bool = False  # analysis=full turns it on
     texts: list[str] | None = None  # None: the attention texts
     n_steps: int = 50
     max_length: int = 128
@@ -234,7 +234,8 @@ class AttributionsConfig:
 
 @dataclass
 class AnalysisConfig:
-    """What is analysed after test: report, attention maps, Integrated Gradients attributions."""
+    """What is analysed after test (conf/analysis/: report, full, none): the report, and the heavy stages
+    (attention maps, Integrated Gradients attributions, MC dropout), each with its own switch."""
 
     report: ReportConfig = field(default_factory=ReportConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
@@ -247,6 +248,7 @@ class ProbesConfig:
     """Behavioural probe suites (conf/probes/); see encoderlab/analysis/probes.py for the kinds."""
 
     enabled: bool = True
+    labels: list[str] | None = None  # the labels the suites are written for: a model without them skips all
     suites: dict[str, Any] = field(default_factory=dict)
 
 
@@ -281,6 +283,7 @@ class EvaluateConfig:
     split: str = "test"  # test | validation | train, as the dataset config builds them
     max_length: int | None = None  # None: dataset.max_length, capped at the model's positions
     device: str | None = None  # None: cuda if available, else cpu
+    enable_progress_bar: bool = True  # progress bars of prediction and of the analysis stages
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)

@@ -40,6 +40,19 @@ def label_mapping(data_labels: list[str], model_labels: list[str]) -> np.ndarray
     return np.array([model_index[name.lower()] for name in data_labels])
 
 
+def split_metrics(probs: np.ndarray, y_true: np.ndarray, num_classes: int, split: str) -> dict[str, float]:
+    """<split>/<name>: the metrics training logs for its test split (encoderlab.metrics on the
+    probabilities, and the mean cross-entropy as <split>/loss), so test/accuracy means the same in both."""
+    from encoderlab.metrics import ClassificationMetrics
+
+    p, y = torch.as_tensor(probs, dtype=torch.float32), torch.as_tensor(y_true, dtype=torch.long)
+    metrics = ClassificationMetrics(num_classes)
+    metrics.update(p, y)
+    out = {f"{split}/{k}": float(v) for k, v in metrics.compute().items()}
+    out[f"{split}/loss"] = float(torch.nn.functional.nll_loss(p.clamp_min(1e-12).log(), y))
+    return out
+
+
 def evaluate(cfg: DictConfig) -> float:
     """Report a trained model on cfg.split of cfg.dataset; returns its accuracy."""
     run_dir = Path(cfg.output_dir).resolve()
@@ -75,17 +88,18 @@ def evaluate(cfg: DictConfig) -> float:
             batch_size=cfg.dataset.eval_batch_size,
             max_length=max_length,
             device=device,
-            progress=True,
+            progress=cfg.enable_progress_bar,
         )
         frame = predictions_frame(texts, y_true, out.probs, loaded.label_names, pairs)
         (run_dir / "predictions").mkdir(parents=True, exist_ok=True)
         frame.to_csv(run_dir / "predictions" / f"{cfg.split}_predictions.csv", index=False)
         run.log_artifact(run_dir / "predictions" / f"{cfg.split}_predictions.csv", "predictions")
-        accuracy = float(frame["correct"].mean())
+        scores = split_metrics(out.probs, y_true, len(loaded.label_names), cfg.split)
+        accuracy = scores[f"{cfg.split}/accuracy"]
         run.log_metrics(
             {
-                "eval/accuracy": accuracy,
-                "eval/rows": len(frame),
+                **scores,
+                f"data/{cfg.split}_rows": len(frame),
                 "perf/predict_seconds": out.seconds,
                 "perf/predict_texts_per_second": len(frame) / max(out.seconds, 1e-9),
             }
@@ -109,6 +123,7 @@ def evaluate(cfg: DictConfig) -> float:
             max_length=max_length,
             split_name=cfg.split,
             meta=meta,
+            progress=cfg.enable_progress_bar,
         )
         log.info(
             "%s on %s/%s (%d rows): accuracy %.4f%s",

@@ -66,12 +66,14 @@ def predict_proba(
     max_length: int = 512,
     mc_dropout: int = 0,
     device: str | torch.device = "cpu",
-    progress: bool = False,
+    progress: bool | None = False,
     seed: int = 0,
     precision: str = "32",
+    desc: str = "Predicting",
 ) -> Predictions:
     """Class probabilities for `texts` (in input order). mc_dropout=N>0 averages N stochastic passes;
-    precision "bf16" runs the forward pass under bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs)."""
+    precision "bf16" runs the forward pass under bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs).
+    progress: a tqdm bar over the batches (None: only on a terminal), labelled `desc`."""
     import time
 
     from tqdm.auto import tqdm
@@ -95,7 +97,8 @@ def predict_proba(
         device_type = torch.device(device).type
         autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
         with torch.inference_mode(), autocast:
-            for idx in tqdm(batches, desc="Predicting", unit="batch", disable=not progress):
+            disable = None if progress is None else not progress
+            for idx in tqdm(batches, desc=desc, unit="batch", disable=disable):
                 features = [{k: enc[k][i] for k in enc} for i in idx]
                 batch = tokenizer.pad(features, return_tensors="pt")
                 batch = {k: v.to(device) for k, v in batch.items()}

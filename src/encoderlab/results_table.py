@@ -42,6 +42,21 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 10000, seed: int = 0) -> tupl
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def latest_sweep(client):
+    """The parent run of the most recent sweep or multirun in the store (tag encoderlab.sweep = grid |
+    optuna, latest start time first), or None."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return None
+    found = client.search_runs(
+        experiments,
+        filter_string="tags.`encoderlab.sweep` != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return found[0] if found else None
+
+
 def load_runs(client, experiments: list[str], parent: str | None, filter_string: str | None) -> pd.DataFrame:
     """One row per finished (child) run: params.* and metrics.* columns, as mlflow.search_runs gives."""
     import mlflow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from encoderlab.analysis.figures import plot_probe_suites
 from encoderlab.analysis.html import render_report
 from encoderlab.analysis.probes import run_probes
+from encoderlab.analysis.progress import timed
 from encoderlab.analysis.report import summary_metrics, top_errors, write_report
 from encoderlab.inference import predict_proba
 
@@ -39,6 +41,7 @@ def mc_dropout_report(
     out_dir: Path,
     max_length: int,
     split_name: str,
+    progress: bool | None = False,
 ) -> tuple[dict[str, float], Path]:
     """N stochastic passes with dropout on over (a seeded sample of) the split: mean probabilities, their
     spread, accuracy, and selective accuracy at the threshold beside the single deterministic pass."""
@@ -54,7 +57,14 @@ def mc_dropout_report(
     y = sample["label"].map(index).to_numpy()
     pairs = sample["text_pair"].tolist() if "text_pair" in sample else None
     out = predict_proba(
-        net, tokenizer, sample["text"].tolist(), pairs, max_length=max_length, mc_dropout=mc.passes
+        net,
+        tokenizer,
+        sample["text"].tolist(),
+        pairs,
+        max_length=max_length,
+        mc_dropout=mc.passes,
+        progress=progress,
+        desc=f"MC dropout ({mc.passes} passes, {len(sample)} rows)",
     )
     single = sample[[f"prob_{n}" for n in label_names]].to_numpy()
     pred = out.probs.argmax(1)
@@ -87,6 +97,45 @@ def mc_dropout_report(
     return metrics, png
 
 
+def probe_report(
+    net: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    suites: dict,
+    label_names: list[str],
+    out_dir: Path,
+    max_length: int,
+    progress: bool | None,
+    labels: list[str] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float], dict[str, str]]:
+    """Run the suites whose labels the model has (others are skipped before any prediction, with one
+    log line); probes/results.{csv,json} and pass_rates.png. Returns the rows, pass rates and skips."""
+
+    def predict(texts: list[str]):
+        out = predict_proba(net, tokenizer, texts, max_length=max_length, progress=progress, desc="Probes")
+        return out.probs
+
+    results = run_probes(suites, label_names, predict, labels)
+    rates, skipped = results.pass_rates(), results.skipped
+    if skipped:
+        log.info(
+            "Probe suites skipped (%d of %d, no prediction run): %s: %s",
+            len(skipped),
+            len(suites),
+            ", ".join(skipped),
+            "; ".join(dict.fromkeys(skipped.values())),
+        )
+    probe_dir = out_dir / "probes"
+    probe_dir.mkdir(exist_ok=True)
+    probe_frame = pd.DataFrame(results.records())
+    probe_frame.to_csv(probe_dir / "results.csv", index=False)
+    (probe_dir / "results.json").write_text(
+        json.dumps({"pass_rates": rates, "skipped": skipped, "probes": results.records()}, indent=2)
+    )
+    if rates:
+        plot_probe_suites(rates, probe_dir / "pass_rates.png")
+    return probe_frame, rates, skipped
+
+
 def analyze(
     net: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -99,68 +148,72 @@ def analyze(
     max_length: int = 128,
     split_name: str = "test",
     meta: dict[str, str] | None = None,
+    progress: bool | None = None,
 ) -> dict[str, float]:
-    """Write and log everything `analysis` and `probes` ask for; returns the metrics logged to MLflow."""
+    """Write and log everything `analysis` and `probes` ask for; returns the metrics logged to MLflow,
+    with each stage's wall time as analysis/<stage>_seconds. progress: tqdm bars for the stages (False:
+    none, as with trainer.enable_progress_bar=false; None: only on a terminal)."""
+    started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     logged: dict[str, float] = {}
+    timings: dict[str, float] = {}
     figures, tables, per_class, errors = {}, {}, pd.DataFrame(), pd.DataFrame()
     headline: dict[str, float] = {}
     if analysis.report.enabled:
-        files = write_report(
-            frame,
-            label_names,
-            out_dir,
-            split_name,
-            analysis.report.top_errors,
-            analysis.report.calibration_bins,
-            analysis.report.threshold,
-        )
-        headline = summary_metrics(files.metrics)
-        logged.update({f"report/{k}": v for k, v in headline.items()})
-        figures, tables = files.figures, files.tables
-        per_class = pd.read_csv(tables["classification_report"])
-        errors = top_errors(frame, analysis.report.top_errors)
-        if run is not None:
-            run.log_table(errors, "report/top_errors.json")
+        with timed("report", timings):
+            files = write_report(
+                frame,
+                label_names,
+                out_dir,
+                split_name,
+                analysis.report.top_errors,
+                analysis.report.calibration_bins,
+                analysis.report.threshold,
+                progress=progress,
+            )
+            headline = summary_metrics(files.metrics)
+            logged.update({f"report/{k}": v for k, v in headline.items()})
+            figures, tables = files.figures, files.tables
+            per_class = pd.read_csv(tables["classification_report"])
+            errors = top_errors(frame, analysis.report.top_errors)
+            if run is not None:
+                run.log_table(errors, "report/top_errors.json")
 
     # ---- Monte-Carlo dropout -----------------------------------------------------------------------
     if analysis.mc_dropout.passes > 0 and len(frame):
-        mc_metrics, mc_png = mc_dropout_report(
-            net,
-            tokenizer,
-            frame,
-            label_names,
-            analysis.mc_dropout,
-            analysis.report.threshold,
-            out_dir / "mc_dropout",
-            max_length,
-            split_name,
-        )
+        with timed("mc_dropout", timings):
+            mc_metrics, mc_png = mc_dropout_report(
+                net,
+                tokenizer,
+                frame,
+                label_names,
+                analysis.mc_dropout,
+                analysis.report.threshold,
+                out_dir / "mc_dropout",
+                max_length,
+                split_name,
+                progress,
+            )
         logged.update(mc_metrics)
         figures["mc_dropout"] = mc_png
 
     # ---- behavioural probes ----------------------------------------------------------------------
     probe_frame, rates, skipped = None, None, None
     if probes.enabled and probes.suites:
-        suites = OmegaConf.to_container(probes.suites, resolve=True)
-
-        def predict(texts: list[str]):
-            return predict_proba(net, tokenizer, texts, max_length=max_length).probs
-
-        results = run_probes(suites, label_names, predict)
-        rates, skipped = results.pass_rates(), results.skipped
-        probe_dir = out_dir / "probes"
-        probe_dir.mkdir(exist_ok=True)
-        probe_frame = pd.DataFrame(results.records())
-        probe_frame.to_csv(probe_dir / "results.csv", index=False)
-        (probe_dir / "results.json").write_text(
-            json.dumps({"pass_rates": rates, "skipped": skipped, "probes": results.records()}, indent=2)
-        )
+        with timed("probes", timings):
+            probe_frame, rates, skipped = probe_report(
+                net,
+                tokenizer,
+                OmegaConf.to_container(probes.suites, resolve=True),
+                label_names,
+                out_dir,
+                max_length,
+                progress,
+                list(probes.labels) if probes.get("labels") else None,
+            )
         if rates:
-            figures["probes"] = plot_probe_suites(rates, probe_dir / "pass_rates.png")
+            figures["probes"] = out_dir / "probes" / "pass_rates.png"
         logged.update({f"probes/{s}/pass_rate": r for s, r in rates.items()})
-        for suite, why in skipped.items():
-            log.info("Probe suite '%s' skipped: %s", suite, why)
 
     # ---- attention and attributions -------------------------------------------------------------
     att_cfg, ig_cfg = analysis.attention, analysis.attributions
@@ -173,48 +226,58 @@ def analyze(
 
             texts = list(att_cfg.texts or default_texts)
             heads = [tuple(h) for h in att_cfg.heads] if att_cfg.heads else None
-            paths = attention_report(
-                net,
-                tokenizer,
-                texts,
-                out_dir / "attention",
-                layers=att_cfg.layers,
-                heads=heads,
-                top_k=att_cfg.top_k,
-                max_length=min(att_cfg.max_length, max_length),
-            )
+            with timed("attention", timings):
+                paths = attention_report(
+                    net,
+                    tokenizer,
+                    texts,
+                    out_dir / "attention",
+                    layers=att_cfg.layers,
+                    heads=heads,
+                    top_k=att_cfg.top_k,
+                    max_length=min(att_cfg.max_length, max_length),
+                    progress=progress,
+                )
             attention_pngs = [p for p in paths if p.suffix == ".png"]
         if ig_cfg.enabled:
             from encoderlab.analysis.attributions import attribution_report
 
             texts = list(ig_cfg.texts or att_cfg.texts or default_texts)
-            paths = attribution_report(
-                net,
-                tokenizer,
-                texts,
-                out_dir / "attributions",
-                label_names,
-                n_steps=ig_cfg.n_steps,
-                max_length=min(ig_cfg.max_length, max_length),
-            )
+            with timed("attributions", timings):
+                paths = attribution_report(
+                    net,
+                    tokenizer,
+                    texts,
+                    out_dir / "attributions",
+                    label_names,
+                    n_steps=ig_cfg.n_steps,
+                    max_length=min(ig_cfg.max_length, max_length),
+                    progress=progress,
+                )
             ig_html = next((p for p in paths if p.suffix == ".html"), None)
 
     if analysis.report.enabled:
-        render_report(
-            out_dir / "report.html",
-            f"encoderlab evaluation report: {(meta or {}).get('run', '')}".rstrip(": "),
-            {**(meta or {}), "split": split_name, "examples": str(len(frame))},
-            headline,
-            per_class,
-            figures,
-            errors,
-            probe_frame,
-            rates,
-            skipped,
-            attention_pngs,
-            ig_html,
-        )
+        with timed("html", timings):
+            render_report(
+                out_dir / "report.html",
+                f"encoderlab evaluation report: {(meta or {}).get('run', '')}".rstrip(": "),
+                {**(meta or {}), "split": split_name, "examples": str(len(frame))},
+                headline,
+                per_class,
+                figures,
+                errors,
+                probe_frame,
+                rates,
+                skipped,
+                attention_pngs,
+                ig_html,
+            )
     if run is not None:
-        run.log_artifact(out_dir, "report")
+        with timed("upload", timings):
+            run.log_artifact(out_dir, "report")
+    timings["analysis/total_seconds"] = time.perf_counter() - started
+    log.info("Analysis done in %.1f s (%s)", timings["analysis/total_seconds"], out_dir)
+    logged.update(timings)
+    if run is not None:
         run.log_metrics(logged)
     return logged

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from encoderlab.analysis.progress import bar
 from encoderlab.models.capabilities import HasAttentionMaps, input_keys, max_positions
 
 log = logging.getLogger(__name__)
@@ -243,11 +244,12 @@ def attention_report(
     heads: Sequence[int | tuple[int, int]] | None = None,
     top_k: int = 5,
     max_length: int = 128,
+    progress: bool | None = False,
 ) -> list[Path]:
     """Per text: a head grid per chosen layer (default all), one heat map per chosen (layer, head), and the
     rollout; plus attention.json (tokens, head-averaged first-token rows, top-k tokens, rollout row).
-    Layer and head indices are 0-based. Returns the written paths: none for a model without attention_maps.
-    """
+    Layer and head indices are 0-based. progress: a bar over the texts. Returns the written paths: none for
+    a model without attention_maps."""
     if not isinstance(net, HasAttentionMaps):
         log.info(
             "Attention maps skipped: %s has no attention_maps(batch) method (encoderlab/models/capabilities.py).",
@@ -265,7 +267,7 @@ def attention_report(
     pairs = _head_pairs(chosen, heads or [], n_layers, n_heads) if atts else []
     paths: list[Path] = []
     records = []
-    for i, att in enumerate(atts):
+    for i, att in bar(enumerate(atts), "Attention maps", progress, total=len(atts)):
         files = [plot_layer_grid(att, layer, out_dir / f"text{i}_layer{layer}_heads.png") for layer in chosen]
         files += [plot_head(att, lay, h, out_dir / f"text{i}_layer{lay}_head{h}.png") for lay, h in pairs]
         files.append(plot_rollout(att, out_dir / f"text{i}_rollout.png"))

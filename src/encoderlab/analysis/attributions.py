@@ -20,6 +20,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from encoderlab.analysis.attention import encode, eval_mode, real_tokens
+from encoderlab.analysis.progress import bar
 from encoderlab.models.capabilities import HasInputEmbeddings
 
 log = logging.getLogger(__name__)
@@ -69,16 +70,18 @@ def integrated_gradients(
     target: int | None = None,
     n_steps: int = 50,
     max_length: int = 128,
+    progress: bool | None = False,
 ) -> list[TokenAttribution]:
     """Integrated-Gradients attributions of each text's tokens toward `target` (default: the predicted
-    class), one text at a time, in eval mode (the training flags are restored afterwards)."""
+    class), one text at a time (progress: a bar over the texts), in eval mode (the training flags are
+    restored afterwards)."""
     from captum.attr import LayerIntegratedGradients
 
     if not isinstance(net, HasInputEmbeddings):
         raise TypeError(f"{type(net).__name__} has no input_embeddings() method.")
     out = []
     with eval_mode(net), torch.enable_grad():
-        for text in texts:
+        for text in bar(texts, "Integrated Gradients", progress):
             batch = encode(net, tokenizer, [text], max_length)
             keys = tuple(k for k in batch if k != "input_ids")
             forward = _logits_fn(net, keys)
@@ -220,6 +223,7 @@ def attribution_report(
     label_names: Sequence[str],
     n_steps: int = 50,
     max_length: int = 128,
+    progress: bool | None = False,
 ) -> list[Path]:
     """Integrated Gradients toward the predicted class of each text: attributions.html and
     attributions.json in `out_dir`; nothing for a model without input_embeddings."""
@@ -230,7 +234,9 @@ def attribution_report(
         )
         return []
     out_dir = Path(out_dir)
-    attrs = integrated_gradients(net, tokenizer, texts, label_names, n_steps=n_steps, max_length=max_length)
+    attrs = integrated_gradients(
+        net, tokenizer, texts, label_names, n_steps=n_steps, max_length=max_length, progress=progress
+    )
     html_path = attributions_html(attrs, out_dir / "attributions.html")
     json_path = out_dir / "attributions.json"
     summary = {

@@ -92,43 +92,78 @@ def plot_pr(curves: dict[str, dict], path: Path, title: str = "Precision-recall 
     return _save(fig, path)
 
 
-def plot_reliability(bins: list[dict], ece: float, path: Path, title: str = "Reliability diagram") -> Path:
-    """Accuracy vs confidence per confidence bin (bar width = bin), with the share of examples below."""
+OVER_CONFIDENT = "over-confident (confidence > accuracy)"
+UNDER_CONFIDENT = "under-confident (accuracy > confidence)"
+
+
+def draw_reliability(ax, hist, bins: list[dict], ece: float, title: str) -> dict:
+    """Accuracy bars per confidence bin, the bin's mean confidence as a black line across its bar, and the
+    gap between them shaded red where the model is over-confident, green where it is under-confident;
+    the share of examples per bin below. Returns the artists by name (accuracy, confidence, over, under)."""
+    edges = np.array([(b["lower"], b["upper"]) for b in bins])  # (bins, 2)
+    count = np.array([b["count"] for b in bins])
+    filled = [b for b in bins if b["count"]]
+    lo = np.array([b["lower"] for b in filled])
+    hi = np.array([b["upper"] for b in filled])
+    width = hi - lo
+    acc = np.array([b["accuracy"] for b in filled], dtype=float)
+    conf = np.array([b["confidence"] for b in filled], dtype=float)
+    artists = {
+        "accuracy": ax.bar(
+            lo, acc, width=width, align="edge", color="#9db4d8", edgecolor="black", label="accuracy"
+        )
+    }
+    over, under = conf > acc, acc > conf
+    if over.any():  # from accuracy up to confidence
+        artists["over"] = ax.bar(
+            lo[over],
+            (conf - acc)[over],
+            bottom=acc[over],
+            width=width[over],
+            align="edge",
+            color="#c44e52",
+            alpha=0.55,
+            hatch="//",
+            label=OVER_CONFIDENT,
+        )
+    if under.any():  # from confidence up to accuracy
+        artists["under"] = ax.bar(
+            lo[under],
+            (acc - conf)[under],
+            bottom=conf[under],
+            width=width[under],
+            align="edge",
+            color="#2ca02c",
+            alpha=0.55,
+            hatch="\\\\",
+            label=UNDER_CONFIDENT,
+        )
+    artists["confidence"] = ax.hlines(conf, lo, hi, color="black", lw=2.2, label="mean confidence in the bin")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=f"{title} (ECE {ece:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    share = count / max(1, count.sum())
+    hist.bar(
+        edges[:, 0], share, width=edges[:, 1] - edges[:, 0], align="edge", color="grey", edgecolor="black"
+    )
+    hist.set(
+        xlim=(min(edges[:, 0].min(), 0.0), 1), xlabel="confidence (max class probability)", ylabel="share"
+    )
+    return artists
+
+
+def reliability_figure(bins: list[dict], ece: float, title: str = "Reliability diagram"):
+    """The reliability diagram as a matplotlib figure and its artists (see draw_reliability)."""
     plt = _pyplot()
     fig, (ax, hist) = plt.subplots(
         2, 1, figsize=(5.5, 6.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    lo = np.array([b["lower"] for b in bins])
-    hi = np.array([b["upper"] for b in bins])
-    count = np.array([b["count"] for b in bins])
-    acc = np.array([b["accuracy"] if b["count"] else 0.0 for b in bins])
-    conf = np.array([b["confidence"] if b["count"] else 0.0 for b in bins])
-    filled = count > 0
-    ax.bar(
-        lo[filled],
-        acc[filled],
-        width=(hi - lo)[filled],
-        align="edge",
-        edgecolor="black",
-        color="#4c72b0",
-        label="accuracy",
-    )
-    ax.bar(
-        lo[filled],
-        (conf - acc)[filled],
-        bottom=acc[filled],
-        width=(hi - lo)[filled],
-        align="edge",
-        color="#dd8452",
-        alpha=0.45,
-        hatch="//",
-        label="gap to confidence",
-    )
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.set(ylim=(0, 1), ylabel="accuracy", title=f"{title} (ECE {ece:.3f})")
-    ax.legend(loc="upper left", fontsize=8)
-    hist.bar(lo, count / max(1, count.sum()), width=hi - lo, align="edge", color="grey", edgecolor="black")
-    hist.set(xlim=(min(lo.min(), 0.0), 1), xlabel="confidence (max class probability)", ylabel="share")
+    return fig, draw_reliability(ax, hist, bins, ece, title)
+
+
+def plot_reliability(bins: list[dict], ece: float, path: Path, title: str = "Reliability diagram") -> Path:
+    """Accuracy vs confidence per confidence bin (bar width = bin), with the share of examples below."""
+    fig, _ = reliability_figure(bins, ece, title)
     return _save(fig, path)
 
 

@@ -1,9 +1,12 @@
-"""One self-contained HTML page per evaluation: figures inlined as base64 PNG, no CDN, no scripts."""
+"""One HTML page per evaluation, no CDN, no scripts: the report figures inlined as base64 PNG; of the
+attention maps only the rollout per text is inlined, the per-layer head grids (large: a panel per head)
+are PNG files next to the page, linked by relative paths, which keeps the page small (< 2 MB)."""
 
 from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +23,7 @@ th { background: #f3f5f7; } td.num { text-align: right; font-variant-numeric: ta
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 110px; }
 .card .v { font-size: 1.5em; font-weight: 600; } .card .k { color: #666; font-size: 0.8em; }
 .figs { display: flex; flex-wrap: wrap; gap: 12px; } .figs img { max-width: 540px; border: 1px solid #eee; }
-.figs.wide img { max-width: 100%; }
+.figs.wide img { max-width: 100%; } .links a { margin-right: 10px; white-space: nowrap; }
 .pass { color: #1a7f37; font-weight: 600; } .fail { color: #cf222e; font-weight: 600; }
 td.text { max-width: 620px; }
 iframe { width: 100%; height: 520px; border: 1px solid #ddd; }
@@ -30,6 +33,29 @@ iframe { width: 100%; height: 520px; border: 1px solid #ddd; }
 def _img(path: Path, alt: str) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _relative(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(Path(target).resolve(), Path(start).resolve())).as_posix()
+
+
+def _probe_table(probes: pd.DataFrame) -> str:
+    """One row per probe text: what passing expects of it (a flip pair: label, then flipped_label), the
+    prediction, the probability of the suite's label, and whether the probe passed."""
+    shown = pd.DataFrame(
+        {
+            "suite": probes["suite"],
+            "probe": probes["probe"],
+            "text": probes["text"],
+            "expected": probes["expected"],
+            "prediction": probes["prediction"],
+            "probability": [
+                f"P({lab}) = {p:.3f}" for lab, p in zip(probes["label"], probes["p_label"], strict=True)
+            ],
+            "passed": probes["passed"].map({True: "pass", False: "FAIL"}),
+        }
+    )
+    return _table(shown)
 
 
 def _table(frame: pd.DataFrame, text_cols: tuple[str, ...] = ("text", "text_pair")) -> str:
@@ -101,18 +127,28 @@ def render_report(
                 f"<p class='meta'>Suite <b>{html.escape(suite)}</b> skipped: {html.escape(why)}.</p>"
             )
         if probes is not None and len(probes):
-            shown = probes.copy()
-            shown["passed"] = shown["passed"].map({True: "pass", False: "FAIL"})
-            parts.append(
-                _table(shown[["suite", "probe", "text", "label", "p_label", "prediction", "passed"]])
-            )
+            parts.append(_probe_table(probes))
     if attention_figures:
+        rollouts = [p for p in attention_figures if p.stem.endswith("_rollout")]
+        linked = [p for p in attention_figures if p not in rollouts]
         parts.append(
             "<h2>Attention</h2><p class='meta'>Attention weights show where the model looks, not "
-            "why it decides: read them beside the attributions below.</p><div class='figs wide'>"
+            "why it decides: read them beside the attributions below. Inlined: the attention rollout "
+            "over all layers per text.</p><div class='figs wide'>"
         )
-        parts += [_img(p, p.stem) for p in attention_figures]
+        parts += [_img(p, p.stem) for p in rollouts]
         parts.append("</div>")
+        if linked:
+            parts.append(
+                "<p class='meta'>Every head per layer (PNG files in the attention/ folder next to this page):"
+                "</p><p class='links'>"
+                + "".join(
+                    f"<a href='{html.escape(_relative(p, path.parent), quote=True)}'>"
+                    f"{html.escape(p.stem.replace('_', ' '))}</a>"
+                    for p in linked
+                )
+                + "</p>"
+            )
     if attributions_html is not None and Path(attributions_html).is_file():
         doc = Path(attributions_html).read_text()
         parts.append(

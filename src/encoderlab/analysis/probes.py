@@ -28,6 +28,7 @@ class ProbeResult:
     probabilities: list[float]  # P(label) per text
     predictions: list[str]
     passed: bool
+    expected: list[str] = field(default_factory=list)  # per text: what passing asks of it
 
 
 @dataclass
@@ -55,6 +56,7 @@ class SuiteResults:
                         "text": t,
                         "label": p.label,
                         "p_label": prob,
+                        "expected": p.expected[j] if j < len(p.expected) else "",
                         "prediction": pred,
                         "passed": p.passed,
                     }
@@ -109,13 +111,17 @@ def run_probes(
     suites: Mapping[str, Mapping],
     label_names: list[str],
     predict: Callable[[list[str]], np.ndarray],
+    labels: list[str] | None = None,
 ) -> SuiteResults:
-    """Run every suite through `predict` (texts -> (N, C) probabilities) in one batched call."""
+    """Run every suite through `predict` (texts -> (N, C) probabilities) in one batched call. A suite
+    whose labels the model lacks is skipped before any prediction; so is every suite when the model
+    lacks one of `labels` (the labels the whole probe set is written for, e.g. negative, positive)."""
     results = SuiteResults()
     index = {name.lower(): i for i, name in enumerate(label_names)}
     runnable: dict[str, Mapping] = {}
     for name, suite in suites.items():
-        missing = [lab for lab in labels_needed(name, suite) if lab.lower() not in index]
+        needed = [*(labels or []), *labels_needed(name, suite)]
+        missing = list(dict.fromkeys(lab for lab in needed if str(lab).lower() not in index))
         if missing:
             results.skipped[name] = (
                 f"the model's labels ({', '.join(label_names)}) do not include {', '.join(missing)}"
@@ -156,6 +162,29 @@ def run_probes(
                 tol = float(suite.get("tolerance", 0.0))
                 passed = bool(np.all(np.diff(p_label) >= -tol))
         results.probes.append(
-            ProbeResult(name, kind, ts, label, [float(x) for x in p_label], preds, bool(passed))
+            ProbeResult(
+                name,
+                kind,
+                ts,
+                label,
+                [float(x) for x in p_label],
+                preds,
+                bool(passed),
+                expected(suite, label, ts, preds),
+            )
         )
     return results
+
+
+def expected(suite: Mapping, label: str, texts: list[str], predictions: list[str]) -> list[str]:
+    """What passing asks of each text of one probe, for the tables (a flip pair: its two labels)."""
+    kind = suite["kind"]
+    if kind == "labelled":
+        return [str(label)]
+    if kind == "flip":
+        return [str(suite["label"]), str(suite["flipped_label"])]
+    if kind == "monotonic":
+        tol = float(suite.get("tolerance", 0.0))
+        rule = f"P({suite['label']}) >= previous" + (f" - {tol:g}" if tol else "")
+        return ["reference", *[rule] * (len(texts) - 1)]
+    return ["reference", *[f"same as first ({predictions[0]})"] * (len(texts) - 1)]

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from encoderlab.analysis import figures
+from encoderlab.analysis.progress import bar
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> tuple[float, list]:
@@ -191,8 +192,10 @@ def write_report(
     n_errors: int = 25,
     n_bins: int = 15,
     threshold: float | None = None,
+    progress: bool | None = False,
 ) -> ReportFiles:
-    """metrics.json, classification_report.csv, figures and top_errors.csv for a predictions frame."""
+    """metrics.json, classification_report.csv, figures and top_errors.csv for a predictions frame
+    (progress: a bar over the figures, see encoderlab.analysis.progress)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     index = {name: i for i, name in enumerate(label_names)}
     y_true = frame["label"].map(index).to_numpy()
@@ -210,30 +213,35 @@ def write_report(
 
     title = f"{split_name} split"
     cm = np.array(report["confusion_matrix"])
-    files.figures["confusion_matrix"] = figures.plot_confusion_matrix(
-        cm, label_names, out_dir / "confusion_matrix.png", f"Confusion matrix, {title}"
-    )
-    files.figures["confusion_matrix_normalized"] = figures.plot_confusion_matrix(
-        cm, label_names, out_dir / "confusion_matrix_normalized.png", f"Confusion matrix, {title}", True
-    )
+    kind = "" if len(label_names) == 2 else ", one-vs-rest"
+    cms = out_dir / "confusion_matrix.png", out_dir / "confusion_matrix_normalized.png"
+    plots = {  # name -> drawing: drawn one by one under a progress bar
+        "confusion_matrix": lambda: figures.plot_confusion_matrix(
+            cm, label_names, cms[0], f"Confusion matrix, {title}"
+        ),
+        "confusion_matrix_normalized": lambda: figures.plot_confusion_matrix(
+            cm, label_names, cms[1], f"Confusion matrix, {title}", True
+        ),
+    }
     if report["roc"]:
-        kind = "" if len(label_names) == 2 else ", one-vs-rest"
-        files.figures["roc_curve"] = figures.plot_roc(
+        plots["roc_curve"] = lambda: figures.plot_roc(
             report["roc"], out_dir / "roc_curve.png", f"ROC curve{kind}, {title}"
         )
-        files.figures["pr_curve"] = figures.plot_pr(
+        plots["pr_curve"] = lambda: figures.plot_pr(
             report["pr"], out_dir / "pr_curve.png", f"Precision-recall{kind}, {title}"
         )
-    files.figures["reliability_diagram"] = figures.plot_reliability(
+    plots["reliability_diagram"] = lambda: figures.plot_reliability(
         report["calibration_bins"],
         report["ece"],
         out_dir / "reliability_diagram.png",
         f"Reliability, {title}",
     )
-    files.figures["coverage"] = figures.plot_coverage(
+    plots["coverage"] = lambda: figures.plot_coverage(
         {"confidence": report["selective"]},
         threshold,
         out_dir / "coverage.png",
         f"Selective prediction, {title}",
     )
+    for name in bar(plots, "Report figures", progress):
+        files.figures[name] = plots[name]()
     return files

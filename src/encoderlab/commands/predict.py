@@ -1,6 +1,7 @@
 """`encoderlab predict`: label new texts with a trained model (by MLflow run id, run dir or model dir).
 
     encoderlab predict outputs/runs/.../model "The movie is good." "The movie is not good."
+    encoderlab predict <run-id> --threshold 0.6 "The movie is good." "Not my kind of film."
     encoderlab predict <run-id> --file reviews.csv --column review --output predictions.jsonl
     cat texts.txt | encoderlab predict <model-dir> --mc-dropout 20 --threshold 0.6
 
@@ -132,7 +133,7 @@ def read_file(path: Path, column: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # options before, between or after the texts
     if args.mc_dropout < 0:
         raise EncoderlabError(f"--mc-dropout must be >= 0, got {args.mc_dropout}.")
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:

@@ -1,5 +1,6 @@
 """`encoderlab table`: paper-style results from MLflow runs, mean ± std over seeds per configuration.
 
+    encoderlab table                      (the most recent sweep or `train -m` grid in ./outputs)
     encoderlab table --experiment sst2_grid --metrics test/accuracy,test/f1_macro
     encoderlab table --parent <sweep parent run id> --format latex --baseline model._target_=...
     encoderlab table --experiment sst2_grid --filter "params.dataset.name = 'sst2'" --plot results.png
@@ -16,7 +17,15 @@ import sys
 from pathlib import Path
 
 from encoderlab.errors import EncoderlabError
-from encoderlab.results_table import compare, group_runs, load_runs, plot_groups, render, varying_keys
+from encoderlab.results_table import (
+    compare,
+    group_runs,
+    latest_sweep,
+    load_runs,
+    plot_groups,
+    render,
+    varying_keys,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiment", "-e", action="append", default=[], help="MLflow experiment name (repeatable)"
     )
-    p.add_argument("--parent", help="a sweep's parent run id: its child runs")
+    p.add_argument(
+        "--parent", help="a sweep's parent run id: its child runs (default: the most recent sweep)"
+    )
     p.add_argument("--filter", help="MLflow search filter, e.g. \"params.dataset.name = 'sst2'\"")
     p.add_argument("--metrics", default="test/accuracy,test/f1_macro", help="comma-separated metric names")
     p.add_argument(
@@ -54,10 +65,18 @@ def main(argv: list[str]) -> int:
     from encoderlab.tracking import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    latest = not (args.experiment or args.parent)
+    if latest and uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise EncoderlabError(  # before MLflow creates an empty store there
+            f"No MLflow store at {uri.removeprefix('sqlite:///')}: run `encoderlab table` where you ran the "
+            "experiments, or pass --tracking-uri, --experiment NAME or --parent RUN_ID."
+        )
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    frame = load_runs(MlflowClient(uri), args.experiment, args.parent, args.filter)
+    client = MlflowClient(uri)
+    parent = _latest_sweep_id(client, uri) if latest else args.parent
+    frame = load_runs(client, args.experiment, parent, args.filter)
     if frame.empty:
         raise EncoderlabError("No finished runs match (only FINISHED runs are tabulated).")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -93,3 +112,22 @@ def main(argv: list[str]) -> int:
         plot_groups(groups, metrics[0], args.plot)
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
+
+
+def _latest_sweep_id(client, uri: str) -> str:
+    """The most recent sweep's parent run id, said on stderr; a clear error when the store has none."""
+    run = latest_sweep(client)
+    if run is None:
+        raise EncoderlabError(
+            f"No sweep or multirun in {uri}. Say which runs: --experiment NAME (repeatable) or --parent RUN_ID."
+        )
+    from datetime import datetime
+
+    started = datetime.fromtimestamp(run.info.start_time / 1000).strftime("%Y-%m-%d %H:%M:%S")
+    kind = run.data.tags.get("encoderlab.sweep")
+    print(
+        f"table: the most recent sweep, {run.info.run_name} ({kind}, parent run {run.info.run_id}, "
+        f"started {started}); pick another with --parent or --experiment",
+        file=sys.stderr,
+    )
+    return run.info.run_id
