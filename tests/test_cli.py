@@ -121,7 +121,10 @@ def test_recipes_match_the_seed_notebooks(cli):
     assert bal["dataset"]["samples_per_class"] == 500 and bal["dataset"]["max_length"] == 512
     assert bal["trainer"]["accumulate_grad_batches"] == 4 and bal["scheduler"]["warmup_ratio"] == 0.1
     assert bal["trainer"]["val_check_interval"] == 200  # batches: every 50 optimizer steps of 4 batches
-    assert bal["trainer"]["check_val_every_n_epoch"] is None and bal["callbacks"]["checkpoint"]["monitor"] == "val/f1"
+    assert (
+        bal["trainer"]["check_val_every_n_epoch"] is None
+        and bal["callbacks"]["checkpoint"]["monitor"] == "val/f1"
+    )
     amazon = yaml.safe_load(cli("train", "--cfg", "job", "experiment=amazon_bert").out)
     assert (
         amazon["dataset"]["text_field"] == ["title", "content"]

@@ -85,7 +85,9 @@ def _module(tiny_bert, weight_decay: float, scheduler=None) -> SequenceClassifie
     return SequenceClassifier(
         _net(tiny_bert),
         ["a", "b", "c"],
-        partial(torch.optim.AdamW, lr=1e-3, weight_decay=weight_decay, betas=[0.9, 0.999], eps=1e-8, fused=True),
+        partial(
+            torch.optim.AdamW, lr=1e-3, weight_decay=weight_decay, betas=[0.9, 0.999], eps=1e-8, fused=True
+        ),
         scheduler or partial(warmup_schedule, decay="linear", warmup_steps=0, warmup_ratio=0.0),
     )
 
