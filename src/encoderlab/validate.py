@@ -189,7 +189,8 @@ def check_targets(cfg: DictConfig) -> None:
             sig = targets.signature(targets.locate(target))
         except (ImportError, AttributeError, ValueError) as ex:
             raise ConfigError(
-                f"Config error: '{where}._target_' is {target!r}, which could not be imported ({ex}). "
+                f"Config error: '{where}._target_' is {target!r}, which could not be imported "
+                f"({' '.join(str(ex).split())}). "
                 "It must be the dotted path of a class or function, e.g. "
                 f"{EXAMPLE_TARGETS.get(where, 'lightning.pytorch.callbacks.EarlyStopping')}."
             ) from ex
