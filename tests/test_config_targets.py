@@ -94,6 +94,8 @@ def test_optimizer_trainer_flag_and_callback_from_yaml_alone(cli, tiny_bert, mlf
         # a real argument the YAML does not list: how to add it
         ("trainer.benchmark=true", ["'trainer.benchmark'", "+trainer.benchmark="]),
         ("trainer.max_steps=1.5", ["'trainer.max_steps'", "1.5", "int"]),
+        # encoderlab's own arguments: where they come from instead
+        ("+trainer.callbacks=[]", ["'trainer.callbacks'", "callbacks group"]),
         (
             "optimizer._target_=torch.optim.Adamm",
             ["'optimizer._target_'", "torch.optim.Adamm", "could not be imported"],

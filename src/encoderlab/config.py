@@ -2,6 +2,8 @@
 
 Hydra merges every YAML file of `conf/` into these dataclasses while composing, so a wrong type, an
 unknown key or a missing group option fails before any heavy import (torch, lightning, transformers).
+The trainer, optimizer, scheduler and callbacks groups are `_target_` dicts instead: their YAML is the
+schema, checked against the target's signature (validate.check_targets) when train starts.
 This module imports only the standard library, omegaconf and hydra.
 """
 

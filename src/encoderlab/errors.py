@@ -54,7 +54,7 @@ def target_key_error(full_key: str, target: str) -> str | None:
     if params is None:
         return None
     parent, _, key = full_key.rpartition(".")
-    names = [n for n in params if n not in targets.INJECTED.get(parent, ())]
+    names = [n for n in params if n not in targets.INJECTED.get(parent, {})]
     if key in names:
         return (
             f"Config error: '{full_key}' is an argument of {target} that the config does not set yet: "

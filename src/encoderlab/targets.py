@@ -15,11 +15,15 @@ from typing import Any
 # Hydra's instantiate keys, not arguments of the target
 HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 _PLAIN = (bool, int, float, str, type(None))
-# arguments encoderlab passes itself when it instantiates a group's target (not set from the config)
+# arguments encoderlab passes itself when it instantiates a group's target, and where they come from
 INJECTED = {
-    "trainer": ("logger", "callbacks", "default_root_dir"),
-    "optimizer": ("params",),
-    "scheduler": ("optimizer", "num_training_steps"),
+    "trainer": {
+        "logger": "the logger group",
+        "callbacks": "the callbacks group (add one under callbacks.<name>)",
+        "default_root_dir": "the run directory",
+    },
+    "optimizer": {"params": "the model's parameters, in two groups (decay and no decay)"},
+    "scheduler": {"optimizer": "the optimizer group", "num_training_steps": "the fit's optimizer steps"},
 }
 
 

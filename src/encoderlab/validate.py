@@ -197,9 +197,15 @@ def check_targets(cfg: DictConfig) -> None:
         params = targets.keyword_parameters(sig) if sig is not None else None
         if params is None:  # **kwargs: the target sorts its arguments out itself
             continue
+        group = where.split(".")[0]
         for key in node:
             if key in targets.HYDRA_KEYS:
                 continue
+            if key in targets.INJECTED.get(group, {}):
+                raise ConfigError(
+                    f"Config error: '{where}.{key}' is not set in the config: encoderlab passes it from "
+                    f"{targets.INJECTED[group][key]}. Remove it from {group}."
+                )
             if key not in params:
                 raise ConfigError(
                     target_key_error(f"{where}.{key}", target) or f"unknown key '{where}.{key}'"
