@@ -46,10 +46,11 @@ HERE = Path(__file__).resolve()
 # encoderlab overrides shared by the cases: one epoch, evaluate once at the end, no report
 COMMON = [
     "trainer.max_epochs=1",
-    "trainer.val_every_n_steps=null",
+    "trainer.val_check_interval=null",
+    "trainer.check_val_every_n_epoch=1",
     "trainer.enable_progress_bar=false",
     "optimizer.weight_decay=0.0",
-    "scheduler.name=linear",
+    "scheduler.decay=linear",
     "scheduler.warmup_ratio=0.0",
     "scheduler.warmup_steps=0",
     "analysis=none",

@@ -145,7 +145,11 @@ def test_recipes_match_the_seed_notebooks(cli):
     bal = yaml.safe_load(cli("train", "--cfg", "job", "experiment=imdb_balanced_bert").out)
     assert bal["dataset"]["samples_per_class"] == 500 and bal["dataset"]["max_length"] == 512
     assert bal["trainer"]["accumulate_grad_batches"] == 4 and bal["scheduler"]["warmup_ratio"] == 0.1
-    assert bal["trainer"]["val_every_n_steps"] == 50 and bal["callbacks"]["checkpoint"]["monitor"] == "val/f1"
+    assert bal["trainer"]["val_check_interval"] == 200  # batches: every 50 optimizer steps of 4 batches
+    assert (
+        bal["trainer"]["check_val_every_n_epoch"] is None
+        and bal["callbacks"]["checkpoint"]["monitor"] == "val/f1"
+    )
     amazon = yaml.safe_load(cli("train", "--cfg", "job", "experiment=amazon_bert").out)
     assert (
         amazon["dataset"]["text_field"] == ["title", "content"]
@@ -154,7 +158,7 @@ def test_recipes_match_the_seed_notebooks(cli):
     assert amazon["scheduler"]["warmup_steps"] == 500 and amazon["trainer"]["max_epochs"] == 3
     minilm = yaml.safe_load(cli("train", "--cfg", "job", "experiment=sst2_minilm").out)
     assert minilm["model"]["name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert minilm["trainer"]["val_every_n_steps"] == 50
+    assert minilm["trainer"]["val_check_interval"] == 50
 
 
 def test_shell_style_overrides_and_search_path(cli, tmp_path):

@@ -97,7 +97,7 @@ VALIDATION_ERRORS = {
         ["'model.foo'", "unknown key", "Keys allowed in model", "name_or_path"],
     ),
     "precision": (["trainer.precision=17"], ["'trainer.precision'", "17", "Allowed", "32", "bf16-mixed"]),
-    "scheduler": (["scheduler.name=step"], ["'scheduler.name'", "'step'", "linear, cosine, constant"]),
+    "scheduler": (["scheduler.decay=step"], ["'scheduler.decay'", "'step'", "linear, cosine, constant"]),
     "word_dropout": (["dataset.word_dropout=1.0"], ["'dataset.word_dropout'", "1.0", "[0, 1)"]),
     "tokenizer_kind": (["tokenizer.kind=chars"], ["'tokenizer.kind'", "'chars'", "wordpiece", "wordlevel"]),
 }

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from conftest import FAST
 from encoderlab.errors import EncoderlabError
-from encoderlab.models.classifier import SequenceClassifier, lr_lambda
+from encoderlab.models.classifier import SequenceClassifier
 from encoderlab.models.hf_encoder import HFEncoderClassifier
+from encoderlab.models.schedules import lr_lambda, warmup_schedule
 
 
 def _net(tiny_bert, **kwargs) -> HFEncoderClassifier:
@@ -77,23 +79,26 @@ def test_schedule_warms_up_then_decays():
     assert lr_lambda("constant", warmup=5, total=100)(80) == 1.0
 
 
-def _module(tiny_bert, weight_decay: float) -> SequenceClassifier:
-    """A 3-class SequenceClassifier over the tiny BERT, AdamW at lr 1e-3, linear schedule, no warmup."""
+def _module(tiny_bert, weight_decay: float, scheduler=None) -> SequenceClassifier:
+    """A 3-class SequenceClassifier over the tiny BERT, AdamW at lr 1e-3 (what conf/optimizer/adamw.yaml
+    instantiates to), linear schedule without warmup unless `scheduler` says otherwise."""
     return SequenceClassifier(
         _net(tiny_bert),
         ["a", "b", "c"],
-        OmegaConf.create({"lr": 1e-3, "weight_decay": weight_decay, "betas": [0.9, 0.999], "eps": 1e-8}),
-        OmegaConf.create({"name": "linear", "warmup_steps": 0, "warmup_ratio": 0.0}),
+        partial(
+            torch.optim.AdamW, lr=1e-3, weight_decay=weight_decay, betas=[0.9, 0.999], eps=1e-8, fused=True
+        ),
+        scheduler or partial(warmup_schedule, decay="linear", warmup_steps=0, warmup_ratio=0.0),
     )
+
+
+class _Trainer:
+    estimated_stepping_batches = 100  # configure_optimizers reads the total step count from the trainer
 
 
 def test_no_weight_decay_on_biases_and_layernorm(tiny_bert):
     module = _module(tiny_bert, weight_decay=0.1)
-
-    class _Trainer:
-        estimated_stepping_batches = 100
-
-    module._trainer = _Trainer()  # configure_optimizers reads the total step count from the trainer
+    module._trainer = _Trainer()
     opt = module.configure_optimizers()["optimizer"]
     decay, no_decay = opt.param_groups
     assert decay["fused"]  # the fused kernel is the default on CPU
@@ -104,6 +109,20 @@ def test_no_weight_decay_on_biases_and_layernorm(tiny_bert):
     assert any("LayerNorm.weight" in n for n in skipped) and any(n.endswith("bias") for n in skipped)
 
 
+def test_scheduler_gets_the_step_count_only_when_it_takes_one(tiny_bert):
+    """encoderlab's warmup_schedule is given the fit's optimizer steps; a torch scheduler named in YAML
+    (no num_training_steps argument) is built from its own arguments."""
+    module = _module(tiny_bert, 0.0, partial(warmup_schedule, decay="linear", warmup_ratio=0.1))
+    module._trainer = _Trainer()
+    sched = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    lr_at = sched.lr_lambdas[0]
+    assert lr_at(9) < 1.0 and lr_at(10) == pytest.approx(1.0) and lr_at(100) == 0.0  # warmup: 10 of 100 steps
+    module = _module(tiny_bert, 0.0, partial(torch.optim.lr_scheduler.StepLR, step_size=5, gamma=0.5))
+    module._trainer = _Trainer()
+    conf = module.configure_optimizers()["lr_scheduler"]
+    assert isinstance(conf["scheduler"], torch.optim.lr_scheduler.StepLR) and conf["interval"] == "step"
+
+
 def test_accumulation_steps_the_schedule_per_optimizer_step(cli, tiny_bert, mlflow_client):
     """32 batches with accumulation 4 are 8 optimizer steps: the linear schedule reaches 0 at step 8."""
     res = cli(
@@ -112,7 +131,7 @@ def test_accumulation_steps_the_schedule_per_optimizer_step(cli, tiny_bert, mlfl
         f"model.name_or_path={tiny_bert}",
         "dataset.max_train_samples=512",
         "trainer.accumulate_grad_batches=4",
-        "trainer.val_every_n_steps=4",
+        "trainer.val_check_interval=16",  # batches: 4 optimizer steps
         "trainer.log_every_n_steps=1",
         "optimizer.lr=1e-3",
         *FAST,
@@ -153,7 +172,7 @@ def test_early_stopping_ends_training_when_the_metric_stalls(cli, tiny_bert, mlf
         "callbacks.early_stopping.patience=1",
         "optimizer.lr=1e-12",
         "dataset.max_train_samples=400",
-        "trainer.val_every_n_steps=2",
+        "trainer.val_check_interval=2",
         "trainer.log_every_n_steps=1",
         *FAST,
     )

@@ -26,7 +26,7 @@ def trained(cli, tiny_bert, mlflow_client):
         "experiment=sst2_minilm",
         f"model.name_or_path={tiny_bert}",
         "dataset.max_train_samples=400",
-        "trainer.val_every_n_steps=10",
+        "trainer.val_check_interval=10",
         "optimizer.lr=1e-3",
         "trainer.log_every_n_steps=2",
         *FAST,
@@ -44,7 +44,7 @@ def test_run_is_recorded_in_mlflow(trained, mlflow_client, isolated):
     assert (
         p["optimizer.lr"] == "0.001"
         and p["dataset.name"] == "sst2"
-        and p["trainer.val_every_n_steps"] == "10"
+        and p["trainer.val_check_interval"] == "10"
     )
     # per-step training metrics and periodic validation
     steps = [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "train/loss_step")]
@@ -133,7 +133,7 @@ def test_precision_auto_picks_bf16_only_where_the_cpu_has_it(cli, tiny_bert, mlf
         "dataset.group_by_length=true",
         "trainer.max_steps=2",
         "trainer.precision=auto",
-        "trainer.num_threads=1",
+        "num_threads=1",
         "analysis=none",
         "probes=none",
         *FAST,

@@ -2,6 +2,8 @@
 
 Hydra merges every YAML file of `conf/` into these dataclasses while composing, so a wrong type, an
 unknown key or a missing group option fails before any heavy import (torch, lightning, transformers).
+The trainer, optimizer, scheduler and callbacks groups are `_target_` dicts instead: their YAML is the
+schema, checked against the target's signature (validate.check_targets) when train starts.
 This module imports only the standard library, omegaconf and hydra.
 """
 
@@ -108,58 +110,10 @@ class DatasetConfig:
 
 
 @dataclass
-class TrainerConfig:
-    """Lightning Trainer settings (steps are optimizer steps, as in HF TrainingArguments)."""
-
-    accelerator: str = "auto"
-    devices: Any = 1
-    precision: str = (
-        "32"  # 32 | bf16-mixed | 16-mixed | auto (bf16-mixed where the CPU/GPU runs bf16 natively)
-    )
-    num_threads: int | None = None  # CPU intra-op threads; None: torch's default (the physical cores)
-    compile: bool = False  # torch.compile the encoder; pair with dataset.pad_to_multiple_of to bound shapes
-    max_epochs: int = 1
-    max_steps: int = -1
-    accumulate_grad_batches: int = 1
-    gradient_clip_val: float | None = 1.0
-    val_every_n_steps: int | None = None  # None: validate once per epoch
-    check_val_every_n_epoch: int = 1
-    log_every_n_steps: int = 10
-    num_sanity_val_steps: int = 0
-    fast_dev_run: Any = False  # True or N batches: smoke test, nothing saved
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    deterministic: bool = False
-    enable_progress_bar: bool = True
-
-
-@dataclass
-class OptimizerConfig:
-    """AdamW; biases and LayerNorm weights get no weight decay."""
-
-    name: str = "adamw"
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    fused: bool = True  # torch's fused AdamW kernel (CPU and CUDA); false: the per-tensor loop
-
-
-@dataclass
 class LossConfig:
     """Cross-entropy on the logits."""
 
     label_smoothing: float = 0.0  # in [0, 1): mass spread over the other classes (regularises small data)
-
-
-@dataclass
-class SchedulerConfig:
-    """Learning-rate schedule stepped once per optimizer step."""
-
-    name: str = "linear"  # linear | cosine | constant
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0  # used when warmup_steps is 0
 
 
 @dataclass
@@ -173,30 +127,6 @@ class LoggerConfig:
     log_checkpoint: bool = False  # the Lightning .ckpt (large: weights + optimizer state)
     log_predictions: bool = True
     tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class CheckpointConfig:
-    monitor: str = "val/f1_macro"
-    mode: str = "max"
-    save_top_k: int = 1
-    save_weights_only: bool = True  # False keeps optimizer state too (3x larger), for resuming
-
-
-@dataclass
-class EarlyStoppingConfig:
-    enabled: bool = False
-    monitor: str = "val/f1_macro"
-    mode: str = "max"
-    patience: int = 3
-    min_delta: float = 0.0
-
-
-@dataclass
-class CallbacksConfig:
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
-    lr_monitor: bool = True
 
 
 @dataclass
@@ -261,17 +191,21 @@ class TrainConfig:
     model: Any = MISSING
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    # `_target_` groups (trainer, optimizer, scheduler, callbacks), instantiated by train: their YAML is
+    # the schema, checked against each target's signature (validate.check_targets)
+    trainer: dict[str, Any] = field(default_factory=dict)  # lightning.pytorch.Trainer and its arguments
+    optimizer: dict[str, Any] = field(default_factory=dict)  # a torch.optim class with _partial_: true
     loss: LossConfig = field(default_factory=LossConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    scheduler: dict[str, Any] = field(default_factory=dict)  # an LR scheduler factory, _partial_: true
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # name -> a Lightning callback (null: off)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
     probes: ProbesConfig = field(default_factory=ProbesConfig)
     experiment_name: str = "encoderlab"
     run_name: str | None = None
     seed: int = 42
+    num_threads: int | None = None  # CPU intra-op threads; None: torch's default (the physical cores)
+    compile: bool = False  # torch.compile the encoder; pair with dataset.pad_to_multiple_of to bound shapes
     output_dir: str = "${hydra:runtime.output_dir}"
 
 
@@ -299,13 +233,7 @@ SCHEMAS: dict[str, type] = {
     "model": HFModelConfig,
     "tokenizer": TokenizerConfig,
     "dataset": DatasetConfig,
-    "trainer": TrainerConfig,
-    "optimizer": OptimizerConfig,
-    "scheduler": SchedulerConfig,
     "logger": LoggerConfig,
-    "callbacks": CallbacksConfig,
-    "callbacks.checkpoint": CheckpointConfig,
-    "callbacks.early_stopping": EarlyStoppingConfig,
     "analysis": AnalysisConfig,
     "analysis.report": ReportConfig,
     "analysis.attention": AttentionConfig,
@@ -323,8 +251,7 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "model.pooling": ("cls", "mean", "max"),
     "model.attn_implementation": ("auto", "sdpa", "eager"),
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "auto"),
-    "optimizer.name": ("adamw",),
-    "scheduler.name": ("linear", "cosine", "constant"),
+    "scheduler.decay": ("linear", "cosine", "constant"),  # encoderlab's warmup_schedule
     "logger.backend": ("mlflow", "none"),
     "callbacks.checkpoint.mode": ("min", "max"),
     "callbacks.early_stopping.mode": ("min", "max"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 
@@ -38,6 +39,34 @@ def renamed_key_error(key: str, allowed: list[str], value: Any = None) -> Config
     return ConfigError(f"Config error: '{key}' was renamed to '{new}'; use {use}.")
 
 
+def target_key_error(full_key: str, target: str) -> str | None:
+    """The message for a key that a `_target_` node (trainer, optimizer, scheduler, a callback) does not
+    have: a typo, with the target's arguments, or a real argument that needs Hydra's '+' to be added.
+    None when the target cannot be imported or takes **kwargs. Imports the target."""
+    from encoderlab import targets
+
+    try:
+        sig = targets.signature(targets.locate(target))
+    except (ImportError, AttributeError, ValueError):
+        return None
+    params = targets.keyword_parameters(sig) if sig is not None else None
+    if params is None:
+        return None
+    parent, _, key = full_key.rpartition(".")
+    names = [n for n in params if n not in targets.INJECTED.get(parent, {})]
+    if key in names:
+        return (
+            f"Config error: '{full_key}' is an argument of {target} that the config does not set yet: "
+            f"add it with a '+', e.g. +{full_key}=<value> (or in your own YAML option of the group)."
+        )
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return (
+        f"Config error: unknown key '{full_key}': {target} takes no argument '{key}'.{hint} "
+        f"Keys allowed in {parent} (the arguments of {target}): {', '.join(names)}."
+    )
+
+
 def _allowed_keys(object_type: Any) -> list[str]:
     if object_type is not None and dataclasses.is_dataclass(object_type):
         return [f.name for f in dataclasses.fields(object_type)]
@@ -49,6 +78,15 @@ def _schema_for(full_key: str) -> Any:
 
     parent = full_key.rsplit(".", 1)[0] if "." in full_key else ""
     return SCHEMAS.get(parent)
+
+
+def _node_target(node: Any) -> str | None:
+    """The `_target_` of the config node a key error happened in, if it has one."""
+    from omegaconf import DictConfig
+
+    if isinstance(node, DictConfig) and isinstance(node.get("_target_"), str):
+        return node.get("_target_")
+    return None
 
 
 def _field_type(object_type: Any, key: str) -> str | None:
@@ -103,6 +141,10 @@ def format_config_error(ex: BaseException) -> str | None:
     object_type = getattr(cause, "object_type", None)
     header = " ".join(str(ex).split()) if cause is not ex else ""
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        target = _node_target(getattr(cause, "parent_node", None))
+        message = target_key_error(full_key, target) if target and "." in full_key else None
+        if message:
+            return message
         key = full_key.rsplit(".", 1)[-1]
         schema = object_type if dataclasses.is_dataclass(object_type) else _schema_for(full_key)
         allowed = _allowed_keys(schema)

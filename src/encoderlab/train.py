@@ -1,6 +1,7 @@
-"""`encoderlab train`: config -> data -> model -> fit -> test -> log, top to bottom.
+"""`encoderlab train`: config -> data -> model -> fit -> test -> export, top to bottom.
 
-Called by Hydra with the composed, validated config (see encoderlab/cli.py).
+Called with the composed, validated config (encoderlab/commands/train.py, sweeps). The Trainer, its
+callbacks, the optimizer and the scheduler are built with hydra.utils.instantiate from their groups.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 import warnings
 from pathlib import Path
 
@@ -18,19 +18,21 @@ import pandas as pd
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import encoderlab
 from encoderlab.analysis.analyze import analyze
 from encoderlab.analysis.figures import plot_confusion_matrix
 from encoderlab.analysis.report import predictions_frame
+from encoderlab.callbacks import Throughput
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
-from encoderlab.errors import EncoderlabError
+from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
 from encoderlab.models.trained import write_metadata
 from encoderlab.tokenization import build_tokenizer
 from encoderlab.tracking import TrackedRun, flatten, resolved_config
+from encoderlab.validate import check_targets
 
 log = logging.getLogger(__name__)
 
@@ -53,94 +55,41 @@ def training_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if resolve_precision("auto", "cuda" if gpu else "cpu") == "bf16" else "32"
 
 
-def build_trainer(
-    cfg: DictConfig, run_dir: Path, logger, extra_callbacks: list | None = None
-) -> tuple[L.Trainer, ModelCheckpoint]:
-    """Lightning Trainer from cfg.trainer and cfg.callbacks (validation interval in optimizer steps)."""
-    tc, cb = cfg.trainer, cfg.callbacks
-    precision = training_precision(tc.precision, tc.accelerator)
-    if precision == "16-mixed" and not (
-        tc.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
-    ):
-        raise EncoderlabError("trainer.precision=16-mixed needs a CUDA GPU; on CPU use 32 or bf16-mixed.")
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best-step{step}",
-        monitor=cb.checkpoint.monitor,
-        mode=cb.checkpoint.mode,
-        save_top_k=cb.checkpoint.save_top_k,
-        save_weights_only=cb.checkpoint.save_weights_only,
-        auto_insert_metric_name=False,
-    )
-    callbacks: list = [checkpoint, *(extra_callbacks or [])]
-    if cb.early_stopping.enabled:
-        es = cb.early_stopping
-        callbacks.append(
-            EarlyStopping(
-                monitor=es.monitor,
-                mode=es.mode,
-                patience=es.patience,
-                min_delta=es.min_delta,
-                check_on_train_epoch_end=False,  # judge after validations only (max_steps may end mid-epoch)
+def make_callbacks(cfg: DictConfig, run_dir: Path) -> dict[str, L.Callback]:
+    """cfg.callbacks instantiated, by name (a null entry is off); checkpoints go under the run directory
+    unless callbacks.checkpoint.dirpath says otherwise."""
+    out = {}
+    for name, node in cfg.callbacks.items():
+        if node is not None:
+            where = (
+                {"dirpath": str(run_dir / "checkpoints")}
+                if name == "checkpoint" and not node.get("dirpath")
+                else {}
             )
+            out[name] = instantiate(node, **where, _convert_="all")
+    if not isinstance(out["checkpoint"], ModelCheckpoint):
+        raise ConfigError(
+            f"Config error: 'callbacks.checkpoint' must be a ModelCheckpoint (or a subclass), got "
+            f"{type(out['checkpoint']).__name__}: train tests and exports its best checkpoint."
         )
-    if cb.lr_monitor and logger is not None:
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
-
-    val_kwargs = {"check_val_every_n_epoch": tc.check_val_every_n_epoch}
-    if tc.val_every_n_steps is not None:  # Lightning counts batches, not optimizer steps
-        val_kwargs = {
-            "val_check_interval": tc.val_every_n_steps * tc.accumulate_grad_batches,
-            "check_val_every_n_epoch": None,
-        }
-    optional = {
-        k: tc[k]
-        for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
-        if tc[k] is not None
-    }
-    trainer = L.Trainer(
-        accelerator=tc.accelerator,
-        devices=tc.devices,
-        precision=precision,
-        max_epochs=tc.max_epochs,
-        max_steps=tc.max_steps,
-        accumulate_grad_batches=tc.accumulate_grad_batches,
-        gradient_clip_val=tc.gradient_clip_val,
-        log_every_n_steps=tc.log_every_n_steps,
-        num_sanity_val_steps=tc.num_sanity_val_steps,
-        fast_dev_run=tc.fast_dev_run,
-        deterministic=tc.deterministic,
-        enable_progress_bar=tc.enable_progress_bar,
-        default_root_dir=str(run_dir),
-        logger=logger if logger is not None else False,
-        callbacks=callbacks,
-        **val_kwargs,
-        **optional,
-    )
-    return trainer, checkpoint
-
-
-def perf_metrics(module: SequenceClassifier, fit_seconds: float, started_at: float) -> dict[str, float]:
-    """Throughput of the fit: training alone (periodic validation excluded) and validation."""
-    import resource
-
-    train_seconds = max(fit_seconds - module.val_seconds, 1e-9)
-    tokens = float(module.train_tokens_seen)
-    out = {
-        "perf/fit_seconds": fit_seconds,  # includes periodic validation
-        "perf/train_seconds": train_seconds,
-        "perf/train_samples_seen": module.train_samples_seen,
-        "perf/train_samples_per_second": module.train_samples_seen / train_seconds,
-        "perf/train_tokens_per_second": tokens / train_seconds,  # real tokens, no pads
-        "perf/padding_fraction": 1 - tokens / max(module.train_padded_tokens, 1),
-        "perf/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-    }
-    if module.val_seconds > 0:
-        out["perf/val_samples_per_second"] = module.val_samples_seen / module.val_seconds
-    # from the run's start (encoderlab.run_started_at) to its first training batch
-    if module.first_step_at is not None:
-        out["perf/seconds_to_first_step"] = module.first_step_at - started_at
     return out
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list[L.Callback]) -> L.Trainer:
+    """cfg.trainer instantiated, with precision=auto resolved and encoderlab's logger and callbacks."""
+    tc = cfg.trainer
+    accelerator = str(tc.get("accelerator", "auto"))
+    precision = training_precision(str(tc.get("precision", "32")), accelerator)
+    if precision == "16-mixed" and not (accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()):
+        raise EncoderlabError("trainer.precision=16-mixed needs a CUDA GPU; on CPU use 32 or bf16-mixed.")
+    return instantiate(
+        tc,
+        precision=precision,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        _convert_="all",
+    )
 
 
 TEST_PREDICTIONS = Path("predictions") / "test_predictions.csv"  # in a run directory
@@ -169,6 +118,184 @@ def _tidy_lightning_output() -> None:
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
 
 
+def log_config(cfg: DictConfig, run: TrackedRun, run_dir: Path) -> None:
+    """The resolved config as params and config/config.yaml, Hydra's record, the command-line overrides."""
+    run.log_params(flatten(resolved_config(cfg)))
+    run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    hydra_dir = run_dir / ".hydra"
+    if HydraConfig.initialized() and hydra_dir.is_dir():
+        run.log_artifact(hydra_dir, "config/hydra")
+        run.set_tags({"encoderlab.overrides": " ".join(HydraConfig.get().overrides.task)})
+
+
+def setup_data(cfg: DictConfig, run: TrackedRun) -> tuple[TextClassificationDataModule, object, dict]:
+    """Splits, the tokenizer (loaded or trained on the train split), tokenized splits; logs their summary."""
+    dm = TextClassificationDataModule(cfg.dataset, seed=cfg.seed)
+    train_split = dm.prepare().splits["train"]
+    tokenizer, tok_summary = build_tokenizer(
+        cfg.tokenizer,
+        cfg.model,
+        train_split["text"],
+        train_split._fingerprint,
+        cache_root(cfg.dataset).parent,
+    )
+    dm.set_tokenizer(tokenizer)
+    dm.setup()
+    summary = dm.summary()
+    run.log_text(json.dumps(summary, indent=2, default=str), "data/summary.json")
+    run.log_text(json.dumps(tok_summary, indent=2), "data/tokenizer.json")
+    cache = [t["cache_hit"] for t in dm.tokenization.values()]
+    run.set_tags(
+        {
+            "encoderlab.dataset_fingerprint": summary["fingerprint"],
+            "encoderlab.tokenization_cache": "hit" if all(cache) else ("partial" if any(cache) else "miss"),
+        }
+    )
+    run.log_metrics(
+        {
+            **{f"data/{s}_rows": n for s, n in summary["sizes"].items()},
+            "data/tokenize_seconds": sum(t["seconds"] for t in dm.tokenization.values()),
+            "data/num_labels": dm.num_labels,
+        }
+    )
+    return dm, tokenizer, summary
+
+
+def setup_model(cfg: DictConfig, dm: TextClassificationDataModule, tokenizer, run: TrackedRun):
+    """The encoder (cfg.model) inside the LightningModule with the optimizer and scheduler partials."""
+    net = instantiate(
+        cfg.model,
+        num_labels=dm.num_labels,
+        id2label=dict(enumerate(dm.label_names)),
+        tokenizer=tokenizer,
+        _convert_="all",
+    )
+    module = SequenceClassifier(
+        net,
+        dm.label_names,
+        optimizer=instantiate(cfg.optimizer, _convert_="all"),
+        scheduler=instantiate(cfg.scheduler, _convert_="all"),
+        label_smoothing=cfg.loss.label_smoothing,
+    )
+    if cfg.compile:  # the wrapper shares net's weights: export and analysis use net itself
+        module.model = torch.compile(net)
+    n_params = sum(p.numel() for p in net.parameters())
+    n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    run.log_metrics({"model/parameters": n_params, "model/trainable_parameters": n_train})
+    return net, module
+
+
+def fit(
+    cfg: DictConfig,
+    module: SequenceClassifier,
+    dm: TextClassificationDataModule,
+    run: TrackedRun,
+    run_dir: Path,
+    extra_callbacks: list | None,
+    started_at: float,
+) -> tuple[L.Trainer, ModelCheckpoint]:
+    """The Trainer from cfg.trainer and cfg.callbacks (+ throughput counters, + a sweep's hooks), fitted."""
+    callbacks = make_callbacks(cfg, run_dir)
+    throughput = Throughput(started_at)
+    trainer = make_trainer(
+        cfg, run_dir, run.lightning_logger(), [*callbacks.values(), throughput, *(extra_callbacks or [])]
+    )
+    run.set_tags(
+        {
+            "encoderlab.precision": str(trainer.precision),
+            "encoderlab.num_threads": str(torch.get_num_threads()),
+        }
+    )
+    trainer.fit(module, datamodule=dm)
+    run.set_tags({"encoderlab.optimizer": type(trainer.optimizers[0]).__name__} if trainer.optimizers else {})
+    run.log_metrics(throughput.metrics())
+    return trainer, callbacks["checkpoint"]
+
+
+def test(
+    trainer: L.Trainer,
+    module: SequenceClassifier,
+    dm: TextClassificationDataModule,
+    checkpoint: ModelCheckpoint,
+    run: TrackedRun,
+    summary: dict,
+) -> tuple[dict[str, float], str | None, float | None]:
+    """Test the best checkpoint (else the final weights); module.test_probs back in the split's row order.
+    Returns the test metrics, the best checkpoint's path and its monitored score."""
+    best = checkpoint.best_model_path or None
+    if best is None:
+        log.warning("No best checkpoint (no validation ran or fast_dev_run): testing the final weights.")
+    trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=False)
+    order = dm.eval_order("test")
+    if module.test_probs is not None and order is not None and len(module.test_probs) == len(order):
+        unsorted = torch.empty_like(module.test_probs)
+        unsorted[torch.as_tensor(order)] = module.test_probs  # back to the test split's row order
+        module.test_probs = unsorted
+    test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    if trainer.fast_dev_run:  # Lightning mutes loggers in fast_dev_run; keep the smoke test's numbers
+        run.log_metrics(test_metrics)
+    best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+    run.set_tags({"encoderlab.best_checkpoint": best or "", "encoderlab.test_split": summary["test_source"]})
+    if best_score is not None:
+        run.log_metrics({f"best/{checkpoint.monitor}": best_score})
+    return test_metrics, best, best_score
+
+
+def report(
+    cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, module, summary: dict
+) -> None:
+    """Test predictions (csv) and the analysis report; with limited test batches, the confusion matrix."""
+    if module.test_probs is not None and len(module.test_probs) == summary["sizes"]["test"]:
+        preds = test_predictions(dm, module.test_probs)
+        if cfg.logger.log_predictions:
+            (run_dir / TEST_PREDICTIONS).parent.mkdir(parents=True, exist_ok=True)
+            preds.to_csv(run_dir / TEST_PREDICTIONS, index=False)
+            run.log_artifact(run_dir / TEST_PREDICTIONS, "predictions")
+        log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())
+        meta = {
+            "run": run.run_id or run_dir.name,
+            "experiment": cfg.experiment_name,
+            "model": str(cfg.model.get("name_or_path", cfg.model.get("_target_"))),
+            "dataset": cfg.dataset.name,
+            "test split": summary["test_source"],
+        }
+        analyze(
+            net,
+            tokenizer,
+            preds,
+            dm.label_names,
+            cfg.analysis,
+            cfg.probes,
+            run_dir / "report",
+            run,
+            max_length=cfg.dataset.max_length,
+            split_name=summary["test_source"],
+            meta=meta,
+        )
+    elif module.test_confusion is not None:  # limited test batches: the confusion matrix only
+        png = plot_confusion_matrix(
+            module.test_confusion.numpy(),
+            dm.label_names,
+            run_dir / "plots" / "confusion_matrix.png",
+            f"Confusion matrix, {summary['test_source']} split",
+        )
+        run.log_artifact(png, "plots")
+
+
+def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, best: str | None) -> None:
+    """The trained model as a save_pretrained directory (+ encoderlab's metadata), and the checkpoint."""
+    if cfg.logger.log_model and hasattr(net, "save_pretrained") and not cfg.trainer.get("fast_dev_run"):
+        model_dir = run_dir / "model"
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        net.save_pretrained(model_dir, tokenizer)
+        family = "scratch" if "n_heads" in cfg.model else "hf"
+        write_metadata(model_dir, dm.label_names, cfg.dataset.max_length, family, dataset=cfg.dataset.name)
+        run.log_artifact(model_dir, "model")
+    if cfg.logger.log_checkpoint and best:
+        run.log_artifact(Path(best), "checkpoints")
+
+
 def train(
     cfg: DictConfig,
     callbacks: list | None = None,
@@ -178,158 +305,25 @@ def train(
     """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric.
     `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run."""
     started_at = encoderlab.run_started_at()
+    check_targets(cfg)  # a wrong trainer/optimizer/scheduler/callback key fails here, before any run or data
     run_dir = Path(cfg.output_dir).resolve()
     _tidy_lightning_output()
     L.seed_everything(cfg.seed, workers=True)
-    if cfg.trainer.num_threads:  # set once, before any op has spun up the thread pool
-        torch.set_num_threads(cfg.trainer.num_threads)
+    if cfg.num_threads:  # set once, before any op has spun up the thread pool
+        torch.set_num_threads(cfg.num_threads)
 
     with TrackedRun(cfg, run_dir, parent_run_id=parent_run_id, tags=tags) as run:
-        # ---- config --------------------------------------------------------------------------------
-        run.log_params(flatten(resolved_config(cfg)))
-        run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
-        hydra_dir = run_dir / ".hydra"
-        if HydraConfig.initialized() and hydra_dir.is_dir():
-            run.log_artifact(hydra_dir, "config/hydra")
-            run.set_tags({"encoderlab.overrides": " ".join(HydraConfig.get().overrides.task)})
-
-        # ---- data ----------------------------------------------------------------------------------
-        dm = TextClassificationDataModule(cfg.dataset, seed=cfg.seed)
-        prepared = dm.prepare()
-        train_split = prepared.splits["train"]
-        tokenizer, tok_summary = build_tokenizer(
-            cfg.tokenizer,
-            cfg.model,
-            train_split["text"],
-            train_split._fingerprint,
-            cache_root(cfg.dataset).parent,
-        )
-        dm.set_tokenizer(tokenizer)
-        dm.setup()
-        summary = dm.summary()
-        run.log_text(json.dumps(summary, indent=2, default=str), "data/summary.json")
-        run.log_text(json.dumps(tok_summary, indent=2), "data/tokenizer.json")
-        cache = {s: t["cache_hit"] for s, t in dm.tokenization.items()}
-        run.set_tags(
-            {
-                "encoderlab.dataset_fingerprint": summary["fingerprint"],
-                "encoderlab.tokenization_cache": "hit"
-                if all(cache.values())
-                else ("partial" if any(cache.values()) else "miss"),
-            }
-        )
-        run.log_metrics(
-            {
-                **{f"data/{s}_rows": n for s, n in summary["sizes"].items()},
-                "data/tokenize_seconds": sum(t["seconds"] for t in dm.tokenization.values()),
-                "data/num_labels": dm.num_labels,
-            }
-        )
-
-        # ---- model ---------------------------------------------------------------------------------
-        id2label = dict(enumerate(dm.label_names))
-        net = instantiate(
-            cfg.model, num_labels=dm.num_labels, id2label=id2label, tokenizer=tokenizer, _convert_="all"
-        )
-        module = SequenceClassifier(
-            net, dm.label_names, cfg.optimizer, cfg.scheduler, label_smoothing=cfg.loss.label_smoothing
-        )
-        if cfg.trainer.compile:  # the wrapper shares net's weights: export and analysis use net itself
-            module.model = torch.compile(net)
-        n_params = sum(p.numel() for p in net.parameters())
-        n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
-        run.log_metrics({"model/parameters": n_params, "model/trainable_parameters": n_train})
-
-        # ---- fit -----------------------------------------------------------------------------------
-        trainer, checkpoint = build_trainer(cfg, run_dir, run.lightning_logger(), callbacks)
-        run.set_tags(
-            {
-                "encoderlab.precision": str(trainer.precision),
-                "encoderlab.num_threads": str(torch.get_num_threads()),
-            }
-        )
-        fit_start = time.perf_counter()
-        trainer.fit(module, datamodule=dm)
-        fit_seconds = time.perf_counter() - fit_start
-        run.log_metrics(perf_metrics(module, fit_seconds, started_at))
-
-        # ---- test with the best checkpoint ----------------------------------------------------------
-        best = checkpoint.best_model_path or None
-        if best is None:
-            log.warning("No best checkpoint (no validation ran or fast_dev_run): testing the final weights.")
-        trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=False)
-        order = dm.eval_order("test")
-        if module.test_probs is not None and order is not None and len(module.test_probs) == len(order):
-            unsorted = torch.empty_like(module.test_probs)
-            unsorted[torch.as_tensor(order)] = module.test_probs  # back to the test split's row order
-            module.test_probs = unsorted
-        test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        if trainer.fast_dev_run:  # Lightning mutes loggers in fast_dev_run; keep the smoke test's numbers
-            run.log_metrics(test_metrics)
-        best_score = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
-        run.set_tags(
-            {
-                "encoderlab.best_checkpoint": best or "",
-                "encoderlab.test_split": summary["test_source"],
-            }
-        )
-        if best_score is not None:
-            run.log_metrics({f"best/{cfg.callbacks.checkpoint.monitor}": best_score})
-
-        # ---- artifacts -----------------------------------------------------------------------------
+        log_config(cfg, run, run_dir)
+        dm, tokenizer, summary = setup_data(cfg, run)
+        net, module = setup_model(cfg, dm, tokenizer, run)
+        trainer, checkpoint = fit(cfg, module, dm, run, run_dir, callbacks, started_at)
+        test_metrics, best, best_score = test(trainer, module, dm, checkpoint, run, summary)
         (run_dir / "metrics.json").write_text(
             json.dumps({"test": test_metrics, "best": best_score}, indent=2)
         )
         run.log_artifact(run_dir / "metrics.json", "metrics")
-        complete = module.test_probs is not None and len(module.test_probs) == summary["sizes"]["test"]
-        if complete:
-            preds = test_predictions(dm, module.test_probs)
-            if cfg.logger.log_predictions:
-                (run_dir / TEST_PREDICTIONS).parent.mkdir(parents=True, exist_ok=True)
-                preds.to_csv(run_dir / TEST_PREDICTIONS, index=False)
-                run.log_artifact(run_dir / TEST_PREDICTIONS, "predictions")
-            log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())
-            meta = {
-                "run": run.run_id or run_dir.name,
-                "experiment": cfg.experiment_name,
-                "model": str(cfg.model.get("name_or_path", cfg.model.get("_target_"))),
-                "dataset": cfg.dataset.name,
-                "test split": summary["test_source"],
-            }
-            analyze(
-                net,
-                tokenizer,
-                preds,
-                dm.label_names,
-                cfg.analysis,
-                cfg.probes,
-                run_dir / "report",
-                run,
-                max_length=cfg.dataset.max_length,
-                split_name=summary["test_source"],
-                meta=meta,
-            )
-        elif module.test_confusion is not None:  # limited test batches: the confusion matrix only
-            png = plot_confusion_matrix(
-                module.test_confusion.numpy(),
-                dm.label_names,
-                run_dir / "plots" / "confusion_matrix.png",
-                f"Confusion matrix, {summary['test_source']} split",
-            )
-            run.log_artifact(png, "plots")
-        if cfg.logger.log_model and hasattr(net, "save_pretrained") and not cfg.trainer.fast_dev_run:
-            model_dir = run_dir / "model"
-            if model_dir.exists():
-                shutil.rmtree(model_dir)
-            net.save_pretrained(model_dir, tokenizer)
-            family = "scratch" if "n_heads" in cfg.model else "hf"
-            write_metadata(
-                model_dir, dm.label_names, cfg.dataset.max_length, family, dataset=cfg.dataset.name
-            )
-            run.log_artifact(model_dir, "model")
-        if cfg.logger.log_checkpoint and best:
-            run.log_artifact(Path(best), "checkpoints")
-
+        report(cfg, run, run_dir, net, tokenizer, dm, module, summary)
+        export(cfg, run, run_dir, net, tokenizer, dm, best)
         log.info("Test: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items())))
         log.info("Run directory: %s", run_dir)
     return best_score

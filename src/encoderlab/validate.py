@@ -7,7 +7,15 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from encoderlab.config import ALLOWED_VALUES, SCHEMAS, HFModelConfig, ScratchModelConfig
-from encoderlab.errors import ConfigError, heads_error, renamed_key_error
+from encoderlab.errors import ConfigError, heads_error, renamed_key_error, target_key_error
+
+# groups whose options are `_target_` dicts, built with hydra.utils.instantiate (callbacks: a dict of them)
+TARGET_GROUPS = ("trainer", "optimizer", "scheduler")
+EXAMPLE_TARGETS = {
+    "trainer": "lightning.pytorch.Trainer",
+    "optimizer": "torch.optim.AdamW with _partial_: true",
+    "scheduler": "encoderlab.models.schedules.warmup_schedule with _partial_: true",
+}
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
@@ -129,20 +137,42 @@ def _check_dataset(ds: DictConfig) -> None:
         )
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check_training(cfg: DictConfig) -> None:
-    tr = cfg.trainer
-    if tr.accumulate_grad_batches < 1:
-        _fail("trainer.accumulate_grad_batches", tr.accumulate_grad_batches, "an integer >= 1")
-    if tr.val_every_n_steps is not None and tr.val_every_n_steps < 1:
-        _fail("trainer.val_every_n_steps", tr.val_every_n_steps, "null (once per epoch) or an integer >= 1")
-    if cfg.optimizer.lr <= 0:
-        _fail("optimizer.lr", cfg.optimizer.lr, "a positive float")
+    for group in TARGET_GROUPS:
+        node = cfg.get(group)
+        if not isinstance(node, DictConfig) or not isinstance(node.get("_target_"), str):
+            raise ConfigError(
+                f"Config error: '{group}' needs a '_target_' (the class or function to build, e.g. "
+                f"{EXAMPLE_TARGETS[group]}) and its arguments; pick an option of the {group} group."
+            )
+    accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        _fail("trainer.accumulate_grad_batches", accumulate, "an integer >= 1")
+    lr = cfg.optimizer.get("lr")
+    if "lr" in cfg.optimizer and not (_is_number(lr) and lr > 0):
+        _fail("optimizer.lr", lr, "a positive float")
+    for name, node in cfg.callbacks.items():
+        if node is not None and not (isinstance(node, DictConfig) and isinstance(node.get("_target_"), str)):
+            raise ConfigError(
+                f"Config error: 'callbacks.{name}' must be a callback: a '_target_' (a Lightning Callback "
+                f"class, e.g. lightning.pytorch.callbacks.ModelCheckpoint) and its arguments, or null (off)."
+            )
+    if not isinstance(cfg.callbacks.get("checkpoint"), DictConfig):
+        raise ConfigError(
+            "Config error: 'callbacks.checkpoint' is required: the ModelCheckpoint that keeps the best model "
+            "(train tests it and sweeps read its monitor). Keep it and add your callbacks beside it."
+        )
+    warmup = cfg.scheduler.get("warmup_ratio", 0.0)
+    if not (_is_number(warmup) and 0 <= warmup < 1):
+        _fail("scheduler.warmup_ratio", warmup, "a float in [0, 1)")
     if not 0 <= cfg.dataset.word_dropout < 1:
         _fail("dataset.word_dropout", cfg.dataset.word_dropout, "a float in [0, 1)")
     if not 0 <= cfg.loss.label_smoothing < 1:
         _fail("loss.label_smoothing", cfg.loss.label_smoothing, "a float in [0, 1)")
-    if not 0 <= cfg.scheduler.warmup_ratio < 1:
-        _fail("scheduler.warmup_ratio", cfg.scheduler.warmup_ratio, "a float in [0, 1)")
     family = _model_schema(cfg)
     if family is ScratchModelConfig:  # the same checks as ScratchConfig, before heavy imports
         m = cfg.model
@@ -160,3 +190,45 @@ def _check_training(cfg: DictConfig) -> None:
             "Config error: 'model._target_' is required: the import path of the model class to build, "
             "e.g. my_package.models.MyClassifier (or pick a built-in model, e.g. model=minilm or model=scratch_tiny)."
         )
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """Every key of the trainer, optimizer, scheduler and callback nodes is an argument of the node's
+    `_target_`, with a value its annotation allows (where it names plain types). Imports the targets
+    (torch, lightning): train() calls it first, before any data work."""
+    from encoderlab import targets
+
+    nodes = {group: cfg[group] for group in TARGET_GROUPS}
+    nodes.update({f"callbacks.{k}": v for k, v in cfg.callbacks.items() if v is not None})
+    for where, node in nodes.items():
+        target = node._target_
+        try:
+            sig = targets.signature(targets.locate(target))
+        except (ImportError, AttributeError, ValueError) as ex:
+            raise ConfigError(
+                f"Config error: '{where}._target_' is {target!r}, which could not be imported "
+                f"({' '.join(str(ex).split())}). "
+                "It must be the dotted path of a class or function, e.g. "
+                f"{EXAMPLE_TARGETS.get(where, 'lightning.pytorch.callbacks.EarlyStopping')}."
+            ) from ex
+        params = targets.keyword_parameters(sig) if sig is not None else None
+        if params is None:  # **kwargs: the target sorts its arguments out itself
+            continue
+        group = where.split(".")[0]
+        for key in node:
+            if key in targets.HYDRA_KEYS:
+                continue
+            if key in targets.INJECTED.get(group, {}):
+                raise ConfigError(
+                    f"Config error: '{where}.{key}' is not set in the config: encoderlab passes it from "
+                    f"{targets.INJECTED[group][key]}. Remove it from {group}."
+                )
+            if key not in params:
+                raise ConfigError(
+                    target_key_error(f"{where}.{key}", target) or f"unknown key '{where}.{key}'"
+                )
+            annotation = params[key].annotation
+            if targets.accepts(annotation, node[key]) is False:
+                _fail(
+                    f"{where}.{key}", node[key], f"{targets.describe(annotation)} (the type {target} takes)"
+                )

@@ -2,52 +2,40 @@
 
 from __future__ import annotations
 
-import math
-import time
+import inspect
+from collections.abc import Callable
+from functools import partial
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 from torch import nn
 
 from encoderlab.metrics import ClassificationMetrics
 
-
-def lr_lambda(name: str, warmup: int, total: int):
-    """Multiplier of the base learning rate at optimizer step `step`: linear warmup, then decay."""
-
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        if name == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if name == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0 - progress  # linear
-
-    return fn
+OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]  # param groups -> optimizer
+SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]  # optimizer -> scheduler
 
 
 class SequenceClassifier(L.LightningModule):
-    """Cross-entropy training with AdamW, warmup + decay per optimizer step, and torchmetrics logged as
-    train/*, val/*, test/*. After test: `test_probs` (N, C) in test-set order and `test_confusion`."""
+    """Cross-entropy training and torchmetrics logged as train/*, val/*, test/*. `optimizer` and
+    `scheduler` are the partials that conf/optimizer and conf/scheduler instantiate to; the scheduler
+    steps once per optimizer step. After test: `test_probs` (N, C) in test-set order and `test_confusion`."""
 
     def __init__(
         self,
         model: nn.Module,
         label_names: list[str],
-        optimizer: DictConfig,
-        scheduler: DictConfig,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
         self.model = model
         self.label_names = list(label_names)
-        self.optimizer_cfg = optimizer
-        self.scheduler_cfg = scheduler
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         n = len(self.label_names)
         self.train_metrics = ClassificationMetrics(n)
@@ -56,14 +44,6 @@ class SequenceClassifier(L.LightningModule):
         self.test_probs: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
         self._test_batches: list[torch.Tensor] = []
-        # throughput bookkeeping, logged as perf/* by train.py
-        self.train_samples_seen = 0
-        self.train_tokens_seen = 0  # real (non-pad) tokens
-        self.train_padded_tokens = 0  # batch x length, padding included
-        self.first_step_at: float | None = None  # wall clock of the first training batch
-        self.val_seconds = 0.0
-        self.val_samples_seen = 0
-        self._val_started = 0.0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch)
@@ -75,14 +55,7 @@ class SequenceClassifier(L.LightningModule):
         return loss, logits.softmax(dim=-1).detach()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()
         loss, probs = self._step(batch)
-        self.train_samples_seen += len(probs)
-        if "attention_mask" in batch:
-            # a tensor sum, read once after fit: int() here would sync a GPU every step
-            self.train_tokens_seen = self.train_tokens_seen + batch["attention_mask"].sum().detach()
-            self.train_padded_tokens += batch["attention_mask"].numel()
         self.train_metrics.update(probs, batch["labels"])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(probs))
         return loss
@@ -91,12 +64,8 @@ class SequenceClassifier(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
         self.train_metrics.reset()
 
-    def on_validation_epoch_start(self) -> None:
-        self._val_started = time.perf_counter()
-
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, probs = self._step(batch)
-        self.val_samples_seen += len(probs)
         self.val_metrics.update(probs, batch["labels"])
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(probs))
 
@@ -105,7 +74,6 @@ class SequenceClassifier(L.LightningModule):
         self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True)
         self.log_dict(metrics)
         self.val_metrics.reset()
-        self.val_seconds += time.perf_counter() - self._val_started
 
     def on_test_epoch_start(self) -> None:
         self._test_batches = []
@@ -140,24 +108,32 @@ class SequenceClassifier(L.LightningModule):
             torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     def configure_optimizers(self):
-        opt = self.optimizer_cfg
-        # nanoGPT's rule: matrices decay; biases and LayerNorm weights (1-D) do not
+        # nanoGPT's rule: matrices decay (the optimizer's weight_decay); biases and LayerNorm weights do not
         params = [p for p in self.parameters() if p.requires_grad]
         groups = [
-            {"params": [p for p in params if p.ndim >= 2], "weight_decay": opt.weight_decay},
+            {"params": [p for p in params if p.ndim >= 2]},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
-        # fused: one kernel over all parameters instead of a loop of small ops (several times faster on CPU)
+        # fused: one kernel over all parameters instead of a loop of small ops (several times faster on
+        # CPU). Only CPU and CUDA have the kernel, and Lightning's fp16 GradScaler cannot unscale for it.
+        make_optimizer = self.optimizer_factory
         fp16_scaler = getattr(getattr(self.trainer, "precision_plugin", None), "scaler", None) is not None
-        fused = opt.get("fused", True) and self.device.type in ("cpu", "cuda") and not fp16_scaler
-        optimizer = torch.optim.AdamW(
-            groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=True if fused else None
-        )
-        total = int(self.trainer.estimated_stepping_batches)
-        sch = self.scheduler_cfg
-        warmup = sch.warmup_steps or math.ceil(sch.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(sch.name, warmup, total))
+        if getattr(make_optimizer, "keywords", {}).get("fused") and (
+            self.device.type not in ("cpu", "cuda") or fp16_scaler
+        ):
+            make_optimizer = partial(make_optimizer, fused=None)
+        optimizer = make_optimizer(groups)
+        if self.scheduler_factory is None:
+            return optimizer
+        make_scheduler = self.scheduler_factory
+        accepts = inspect.signature(make_scheduler).parameters
+        if "num_training_steps" in accepts and "num_training_steps" not in getattr(
+            make_scheduler, "keywords", {}
+        ):
+            make_scheduler = partial(
+                make_scheduler, num_training_steps=int(self.trainer.estimated_stepping_batches)
+            )
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+            "lr_scheduler": {"scheduler": make_scheduler(optimizer), "interval": "step", "frequency": 1},
         }
