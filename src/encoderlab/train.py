@@ -29,6 +29,8 @@ from encoderlab.callbacks import Throughput
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
+from encoderlab.models.hf_encoder import HFEncoderClassifier
+from encoderlab.models.scratch import ScratchEncoder
 from encoderlab.models.trained import write_metadata
 from encoderlab.tokenization import build_tokenizer
 from encoderlab.tracking import TrackedRun, flatten, resolved_config
@@ -271,6 +273,7 @@ def report(
             max_length=cfg.dataset.max_length,
             split_name=summary["test_source"],
             meta=meta,
+            progress=cfg.trainer.get("enable_progress_bar", True),
         )
     elif module.test_confusion is not None:  # limited test batches: the confusion matrix only
         png = plot_confusion_matrix(
@@ -289,7 +292,7 @@ def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, 
         if model_dir.exists():
             shutil.rmtree(model_dir)
         net.save_pretrained(model_dir, tokenizer)
-        family = "scratch" if "n_heads" in cfg.model else "hf"
+        family = {ScratchEncoder: "scratch", HFEncoderClassifier: "hf"}.get(type(net), type(net).__qualname__)
         write_metadata(model_dir, dm.label_names, cfg.dataset.max_length, family, dataset=cfg.dataset.name)
         run.log_artifact(model_dir, "model")
     if cfg.logger.log_checkpoint and best:

@@ -103,7 +103,7 @@ def main(argv: list[str]) -> int:
 def _choices_from_values(values: dict) -> dict:
     """Group options guessed from the values when the run has no Hydra record (scratch vs HF model)."""
     model = values.get("model", {})
-    return {"model": "scratch_small" if "n_heads" in model else "hf"}
+    return {"model": "scratch_small" if str(model.get("_target_", "")).endswith("ScratchEncoder") else "hf"}
 
 
 def _latest_reproduction(client, experiment_id: str, run_id: str):
