@@ -5,7 +5,6 @@ per-text report. Shapes: L layers, H heads, T tokens."""
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,9 +16,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from encoderlab.analysis.progress import bar
-from encoderlab.models.capabilities import HasAttentionMaps, input_keys, max_positions
-
-log = logging.getLogger(__name__)
+from encoderlab.models.capabilities import HasAttentionMaps, input_keys, max_positions, skip_without
 
 
 @dataclass
@@ -250,11 +247,7 @@ def attention_report(
     rollout; plus attention.json (tokens, head-averaged first-token rows, top-k tokens, rollout row).
     Layer and head indices are 0-based. progress: a bar over the texts. Returns the written paths: none for
     a model without attention_maps."""
-    if not isinstance(net, HasAttentionMaps):
-        log.info(
-            "Attention maps skipped: %s has no attention_maps(batch) method (encoderlab/models/capabilities.py).",
-            type(net).__name__,
-        )
+    if skip_without(net, HasAttentionMaps, "attention_maps(batch)", "Attention maps"):
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

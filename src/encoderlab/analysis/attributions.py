@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import html
 import json
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,9 +20,7 @@ from transformers import PreTrainedTokenizerBase
 
 from encoderlab.analysis.attention import encode, eval_mode, real_tokens
 from encoderlab.analysis.progress import bar
-from encoderlab.models.capabilities import HasInputEmbeddings
-
-log = logging.getLogger(__name__)
+from encoderlab.models.capabilities import HasInputEmbeddings, skip_without
 
 
 @dataclass
@@ -227,11 +224,7 @@ def attribution_report(
 ) -> list[Path]:
     """Integrated Gradients toward the predicted class of each text: attributions.html and
     attributions.json in `out_dir`; nothing for a model without input_embeddings."""
-    if not isinstance(net, HasInputEmbeddings):
-        log.info(
-            "Attributions skipped: %s has no input_embeddings() method (encoderlab/models/capabilities.py).",
-            type(net).__name__,
-        )
+    if skip_without(net, HasInputEmbeddings, "input_embeddings()", "Attributions"):
         return []
     out_dir = Path(out_dir)
     attrs = integrated_gradients(

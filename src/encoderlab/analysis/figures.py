@@ -113,31 +113,25 @@ def draw_reliability(ax, hist, bins: list[dict], ece: float, title: str) -> dict
             lo, acc, width=width, align="edge", color="#9db4d8", edgecolor="black", label="accuracy"
         )
     }
-    over, under = conf > acc, acc > conf
-    if over.any():  # from accuracy up to confidence
-        artists["over"] = ax.bar(
-            lo[over],
-            (conf - acc)[over],
-            bottom=acc[over],
-            width=width[over],
-            align="edge",
-            color="#c44e52",
-            alpha=0.55,
-            hatch="//",
-            label=OVER_CONFIDENT,
-        )
-    if under.any():  # from confidence up to accuracy
-        artists["under"] = ax.bar(
-            lo[under],
-            (acc - conf)[under],
-            bottom=conf[under],
-            width=width[under],
-            align="edge",
-            color="#2ca02c",
-            alpha=0.55,
-            hatch="\\\\",
-            label=UNDER_CONFIDENT,
-        )
+    # the gap bar spans from the lower of the two to the higher: accuracy up to confidence when
+    # over-confident, confidence up to accuracy when under-confident
+    gaps = {
+        "over": (conf > acc, acc, conf - acc, "#c44e52", "//", OVER_CONFIDENT),
+        "under": (acc > conf, conf, acc - conf, "#2ca02c", "\\\\", UNDER_CONFIDENT),
+    }
+    for name, (where, bottom, height, color, hatch, label) in gaps.items():
+        if where.any():
+            artists[name] = ax.bar(
+                lo[where],
+                height[where],
+                bottom=bottom[where],
+                width=width[where],
+                align="edge",
+                color=color,
+                alpha=0.55,
+                hatch=hatch,
+                label=label,
+            )
     artists["confidence"] = ax.hlines(conf, lo, hi, color="black", lw=2.2, label="mean confidence in the bin")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect calibration")
     ax.set(ylim=(0, 1), ylabel="accuracy", title=f"{title} (ECE {ece:.3f})")

@@ -193,22 +193,14 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
         train = concatenate_datasets([train, more])
         notes.append(f"split '{extra}' ({len(more)} rows) concatenated into train")
 
-    val = None
-    if ds_cfg.validation_split is not None:
-        val = _normalise(
-            ds_cfg.validation_split,
-            _need_split(raw, ds_cfg.validation_split, "dataset.validation_split", ds_cfg),
-            ds_cfg,
-            names,
+    def given(split: str | None, key: str) -> Dataset | None:
+        """The split named by dataset.<key>, normalised; None when the config names none."""
+        return (
+            None if split is None else _normalise(split, _need_split(raw, split, key, ds_cfg), ds_cfg, names)
         )
-    test = None
-    if ds_cfg.test_split is not None:
-        test = _normalise(
-            ds_cfg.test_split,
-            _need_split(raw, ds_cfg.test_split, "dataset.test_split", ds_cfg),
-            ds_cfg,
-            names,
-        )
+
+    val = given(ds_cfg.validation_split, "dataset.validation_split")
+    test = given(ds_cfg.test_split, "dataset.test_split")
 
     if ds_cfg.train_pool_size is not None:
         train = _shuffle_take(train, ds_cfg.train_pool_size, ds_cfg.subset_seed)

@@ -16,12 +16,14 @@ The analysis calls attention_maps in eval mode under torch.inference_mode.
 
 from __future__ import annotations
 
+import logging
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 DEFAULT_INPUT_KEYS = ("input_ids", "attention_mask")
+log = logging.getLogger("encoderlab.analysis")
 
 
 @runtime_checkable
@@ -47,3 +49,16 @@ def max_positions(net: nn.Module) -> int | None:
     """The longest input `net` takes, when it says so."""
     value = getattr(net, "max_positions", None)
     return int(value) if value is not None else None
+
+
+def skip_without(net: nn.Module, capability: type, method: str, stage: str) -> bool:
+    """True (after one log line naming the missing method) when `net` lacks `capability`."""
+    if isinstance(net, capability):
+        return False
+    log.info(
+        "%s skipped: %s has no %s method (encoderlab/models/capabilities.py).",
+        stage,
+        type(net).__name__,
+        method,
+    )
+    return True
