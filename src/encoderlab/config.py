@@ -13,8 +13,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from encoderlab.paths import bundled_file
-from encoderlab.paths import conf_dir  # noqa: F401  (re-exported for callers of encoderlab.config)
+from encoderlab.paths import (
+    bundled_file,
+    conf_dir,  # noqa: F401  (re-exported for callers of encoderlab.config)
+)
 
 
 @dataclass

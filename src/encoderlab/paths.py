@@ -34,7 +34,9 @@ def bundled_file(relative: str) -> str:
     """`${bundled:uci_sentences/train.parquet}` in a config: the absolute path of a bundled data file."""
     path = bundled_data_dir() / relative
     if not path.is_file():
-        shipped = sorted(str(p.relative_to(bundled_data_dir())) for p in bundled_data_dir().rglob("*.parquet"))
+        shipped = sorted(
+            str(p.relative_to(bundled_data_dir())) for p in bundled_data_dir().rglob("*.parquet")
+        )
         raise FileNotFoundError(
             f"${{bundled:{relative}}}: no such file in {bundled_data_dir()}. "
             f"Bundled files: {', '.join(shipped) or 'none'}."
