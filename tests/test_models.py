@@ -7,10 +7,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
-from conftest import FAST
 from encoderlab.errors import EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier, lr_lambda
 from encoderlab.models.hf_encoder import HFEncoderClassifier
+from helpers import FAST
 
 
 def _net(tiny_bert, **kwargs) -> HFEncoderClassifier:
@@ -104,6 +104,7 @@ def test_no_weight_decay_on_biases_and_layernorm(tiny_bert):
     assert any("LayerNorm.weight" in n for n in skipped) and any(n.endswith("bias") for n in skipped)
 
 
+@pytest.mark.slow
 def test_accumulation_steps_the_schedule_per_optimizer_step(cli, tiny_bert, mlflow_client):
     """32 batches with accumulation 4 are 8 optimizer steps: the linear schedule reaches 0 at step 8."""
     res = cli(
@@ -125,6 +126,7 @@ def test_accumulation_steps_the_schedule_per_optimizer_step(cli, tiny_bert, mlfl
     assert run.data.params["trainer.accumulate_grad_batches"] == "4"
 
 
+@pytest.mark.slow
 def test_logger_none_keeps_results_in_the_run_dir(cli, tiny_bert, isolated):
     res = cli(
         "train",
@@ -143,6 +145,7 @@ def test_logger_none_keeps_results_in_the_run_dir(cli, tiny_bert, isolated):
     assert (run_dir / "report" / "report.html").is_file() and (run_dir / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_training_when_the_metric_stalls(cli, tiny_bert, mlflow_client):
     """lr 1e-12 leaves validation F1 unchanged, so patience 1 stops after the second validation."""
     res = cli(

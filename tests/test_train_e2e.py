@@ -9,14 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import FAST, all_runs
+from helpers import FAST, all_runs, artifacts
 
-
-def _artifacts(client, run_id: str, path: str = "") -> set[str]:
-    out: set[str] = set()
-    for f in client.list_artifacts(run_id, path):
-        out |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path}
-    return out
+pytestmark = pytest.mark.slow  # every test trains through the CLI (or reads a module-scoped run)
 
 
 @pytest.fixture
@@ -75,7 +70,7 @@ def test_run_is_recorded_in_mlflow(trained, mlflow_client, isolated):
     assert "experiment=sst2_minilm" in tags["encoderlab.command"]
     assert tags["encoderlab.test_split"] == "validation"
     # artifacts
-    arts = _artifacts(mlflow_client, run.info.run_id)
+    arts = artifacts(mlflow_client, run.info.run_id)
     for expected in (
         "config/config.yaml",
         "config/hydra/overrides.yaml",
