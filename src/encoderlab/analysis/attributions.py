@@ -77,6 +77,9 @@ def integrated_gradients(
 ) -> list[TokenAttribution]:
     """Integrated-Gradients attributions of each text's tokens toward `target` (default: the predicted
     class), one text at a time, in eval mode (the training flags are restored afterwards)."""
+    from encoderlab.errors import require_extra
+
+    require_extra("captum", "captum", "analysis", "Integrated Gradients (analysis.attributions)")
     from captum.attr import LayerIntegratedGradients
 
     net = unwrap(net)
