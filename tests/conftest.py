@@ -1,33 +1,39 @@
-"""Shared fixtures: a tiny BERT and a tiny offline data mirror (built once per session), an isolated
-working directory per test (outputs/ and the MLflow store land there), and an in-process CLI runner."""
+"""Shared fixtures: a tiny BERT and a tiny offline data mirror (built once per session from the bundled
+quickstart data and generated text), an isolated working directory per test (outputs/ and the MLflow
+store land there), and an in-process CLI runner. Shared helpers live in helpers.py."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny import SHARED_DATA, build_tiny_bert, build_tiny_mirror  # noqa: E402
-
-# keep every run small and quiet
-FAST = ["trainer.enable_progress_bar=false", "dataset.batch_size=16", "dataset.eval_batch_size=64"]
+from helpers import REAL_MIRROR, CliResult  # noqa: E402  (reads ENCODERLAB_DATA_DIR before any test)
+from tiny import build_tiny_bert, build_tiny_mirror, corpus  # noqa: E402
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory) -> Path:
-    sst2 = pd.read_parquet(SHARED_DATA / "sst2/train.parquet")["sentence"].tolist()[:20000]
-    imdb = pd.read_parquet(SHARED_DATA / "imdb/train.parquet")["text"].tolist()[:1000]
-    trec = pd.read_parquet(SHARED_DATA / "trec/train.parquet")["text"].tolist()
-    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), sst2 + imdb + trec)
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `mirror` need the real offline mirror: skip them, saying why, when there is none."""
+    if REAL_MIRROR is not None:
+        return
+    skip = pytest.mark.skip(
+        reason="needs the real offline data mirror: set ENCODERLAB_DATA_DIR to it (e.g. ../shared/data)"
+    )
+    for item in items:
+        if "mirror" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def tiny_mirror(tmp_path_factory) -> Path:
     return build_tiny_mirror(tmp_path_factory.mktemp("mirror"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory, tiny_mirror) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), corpus(tiny_mirror))
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +62,6 @@ def isolated(tmp_path, monkeypatch, tiny_mirror, session_cache):
             root.removeHandler(handler)
 
 
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def cli(capsys):
     """Run `encoderlab ...` in-process (no interpreter start-up per call); returns code, stdout, stderr."""
@@ -85,9 +84,3 @@ def mlflow_client(isolated):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}")
-
-
-def all_runs(client) -> list:
-    """Every run in every experiment of the store."""
-    exps = client.search_experiments()
-    return client.search_runs([e.experiment_id for e in exps]) if exps else []

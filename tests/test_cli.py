@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from encoderlab.config import conf_dir
-
-PRESETS = sorted(p.stem for p in (conf_dir() / "experiment").glob("*.yaml"))
+from helpers import PRESETS
 
 
 def test_presets_listed():
@@ -25,6 +23,7 @@ def test_presets_listed():
         "imdb_minilm",
         "trec_minilm",
         "amazon_reviews_minilm",
+        "quickstart",
     } <= set(PRESETS)
 
 
@@ -119,7 +118,7 @@ def test_cfg_job_prints_full_config_for_every_preset(cli, preset):
     for section in ("model", "dataset", "trainer", "optimizer", "scheduler", "logger", "callbacks"):
         assert section in cfg
     assert cfg["model"]["_target_"].startswith("encoderlab.models.") and cfg["dataset"]["name"]
-    if preset.endswith("_scratch"):  # a from-scratch encoder trains its tokenizer on the train split
+    if cfg["model"]["_target_"].endswith("ScratchEncoder"):  # trains its tokenizer on the train split
         assert cfg["model"]["d_model"] % cfg["model"]["n_heads"] == 0
         assert cfg["tokenizer"]["kind"] in ("wordpiece", "bpe", "wordlevel")
     else:

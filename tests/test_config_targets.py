@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from conftest import FAST, all_runs
+from helpers import FAST, all_runs
 
 
 class Recorder(L.Callback):
@@ -34,6 +34,7 @@ def _write(root: Path, rel: str, text: str) -> None:
     (root / rel).write_text(text)
 
 
+@pytest.mark.slow
 def test_optimizer_trainer_flag_and_callback_from_yaml_alone(cli, tiny_bert, mlflow_client, isolated):
     own = isolated / "my_conf"
     _write(own, "optimizer/sgd.yaml", "_target_: torch.optim.SGD\n_partial_: true\nlr: 0.05\nmomentum: 0.9\n")

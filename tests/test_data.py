@@ -283,6 +283,32 @@ def test_declared_names_may_rename_classlabel_classes():
     assert out.label_names == ["negative", "positive"] and col(out.splits["train"], "labels") == [0, 1, 1, 0]
 
 
+# ---- the bundled quickstart data ----------------------------------------------------------------------
+
+
+def test_uci_sentences_load_from_the_package_without_a_mirror(monkeypatch):
+    monkeypatch.delenv("ENCODERLAB_DATA_DIR")
+    cfg = dataset_cfg("dataset=uci_sentences")
+    raw = load_raw_splits(cfg)
+    assert {k: len(v) for k, v in raw.items()} == {"train": 2400, "test": 600}
+    out = prepare_splits(raw, cfg)
+    assert out.label_names == ["negative", "positive"]
+    assert len(out.splits["train"]) + len(out.splits["validation"]) == 2400 and len(out.splits["test"]) == 600
+    assert Counter(col(raw["test"], "label")) == {0: 300, 1: 300}
+
+
+def test_a_mirror_folder_for_uci_sentences_wins_over_the_bundled_files(tmp_path, monkeypatch):
+    (tmp_path / "uci_sentences").mkdir()
+    for split, n in (("train", 40), ("test", 10)):
+        _write_parquet(
+            tmp_path / "uci_sentences" / f"{split}.parquet", synthetic({0: n // 2, 1: n // 2}, split)
+        )
+    monkeypatch.setenv("ENCODERLAB_DATA_DIR", str(tmp_path))
+    raw = load_raw_splits(dataset_cfg("dataset=uci_sentences"))
+    assert {k: len(v) for k, v in raw.items()} == {"train": 40, "test": 10}
+    assert all("|train-" in t for t in col(raw["train"], "text"))
+
+
 # ---- text fields ----------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import FAST, all_runs
+from helpers import FAST, all_runs
 
 
 def train(cli, *args: str):

@@ -8,11 +8,11 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import FAST
 from encoderlab.errors import EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
 from encoderlab.models.hf_encoder import HFEncoderClassifier
 from encoderlab.models.schedules import lr_lambda, warmup_schedule
+from helpers import FAST
 
 
 def _net(tiny_bert, **kwargs) -> HFEncoderClassifier:
@@ -123,6 +123,7 @@ def test_scheduler_gets_the_step_count_only_when_it_takes_one(tiny_bert):
     assert isinstance(conf["scheduler"], torch.optim.lr_scheduler.StepLR) and conf["interval"] == "step"
 
 
+@pytest.mark.slow
 def test_accumulation_steps_the_schedule_per_optimizer_step(cli, tiny_bert, mlflow_client):
     """32 batches with accumulation 4 are 8 optimizer steps: the linear schedule reaches 0 at step 8."""
     res = cli(
@@ -144,6 +145,7 @@ def test_accumulation_steps_the_schedule_per_optimizer_step(cli, tiny_bert, mlfl
     assert run.data.params["trainer.accumulate_grad_batches"] == "4"
 
 
+@pytest.mark.slow
 def test_logger_none_keeps_results_in_the_run_dir(cli, tiny_bert, isolated):
     res = cli(
         "train",
@@ -162,6 +164,7 @@ def test_logger_none_keeps_results_in_the_run_dir(cli, tiny_bert, isolated):
     assert (run_dir / "report" / "report.html").is_file() and (run_dir / "model" / "config.json").is_file()
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_training_when_the_metric_stalls(cli, tiny_bert, mlflow_client):
     """lr 1e-12 leaves validation F1 unchanged, so patience 1 stops after the second validation."""
     res = cli(

@@ -1,23 +1,23 @@
-"""Every experiment preset runs end to end (Lightning fast_dev_run) on tiny data with a tiny local model."""
+"""Every experiment preset runs end to end (Lightning fast_dev_run) on tiny data with a tiny local model;
+the quickstart preset trains for real on the bundled data, with no mirror and no download."""
 
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from conftest import FAST, all_runs
-from test_cli import PRESETS
+from helpers import FAST, PRESETS, SCRATCH_SMALL, all_runs, artifacts
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_runs_a_couple_of_steps(cli, tiny_bert, mlflow_client, preset):
-    if preset.endswith("_scratch"):  # shrink the from-scratch encoder and its trained tokenizer
-        model = [
-            "model.d_model=32",
-            "model.n_heads=2",
-            "model.d_ff=64",
-            "model.n_layers=1",
-            "tokenizer.vocab_size=500",
-        ]
+    cfg = yaml.safe_load(cli("train", "--cfg", "job", f"experiment={preset}").out)
+    if cfg["model"]["_target_"].endswith(
+        "ScratchEncoder"
+    ):  # shrink the from-scratch encoder and its trained tokenizer
+        model = SCRATCH_SMALL
     else:  # swap the pretrained checkpoint for the tiny local BERT
         model = [f"model.name_or_path={tiny_bert}"]
     res = cli("train", f"experiment={preset}", *model, "trainer.fast_dev_run=2", *FAST)
@@ -29,3 +29,30 @@ def test_preset_runs_a_couple_of_steps(cli, tiny_bert, mlflow_client, preset):
     assert run.data.params["experiment_name"] == preset
     assert "test/accuracy" in run.data.metrics
     assert 0.0 <= run.data.metrics["test/accuracy"] <= 1.0
+
+
+def test_quickstart_trains_on_the_bundled_data_without_a_mirror(cli, mlflow_client, monkeypatch):
+    """`encoderlab train experiment=quickstart` as a fresh install runs it: no ENCODERLAB_DATA_DIR, the
+    bundled UCI sentences, a tokenizer trained on them; one epoch instead of the preset's few."""
+    monkeypatch.delenv("ENCODERLAB_DATA_DIR")
+    res = cli(
+        "train",
+        "experiment=quickstart",
+        "trainer.max_epochs=1",
+        "analysis=none",
+        "probes=none",
+        "trainer.enable_progress_bar=false",
+    )
+    assert res.code == 0, res.err
+    (run,) = all_runs(mlflow_client)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["dataset.name"] == "uci_sentences"
+    assert (
+        "encoderlab/data/bundled/uci_sentences/train.parquet" in run.data.params["dataset.data_files.train"]
+    )
+    m = run.data.metrics
+    assert (m["data/train_rows"], m["data/validation_rows"], m["data/test_rows"]) == (2160, 240, 600)
+    assert m["test/accuracy"] > 0.6  # one epoch on 2,160 sentences already beats chance (0.5) clearly
+    assert {"test/f1_macro", "test/auroc", "test/loss"} <= set(m)
+    arts = artifacts(mlflow_client, run.info.run_id)
+    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= arts

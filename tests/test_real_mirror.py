@@ -1,16 +1,18 @@
-"""The real offline mirror (../shared/data) loads through the same load_dataset path users hit."""
+"""The real offline mirror (ENCODERLAB_DATA_DIR at session start, ../shared/data in CI) loads through the
+same load_dataset path users hit. Skipped without it."""
 
 from __future__ import annotations
 
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import SHARED_DATA
 from encoderlab.config import conf_dir, register_configs
 from encoderlab.data.loading import load_raw_splits
 from encoderlab.data.splits import prepare_splits
+from encoderlab.paths import bundled_data_dir
+from helpers import REAL_MIRROR
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="no ../shared/data next to the checkout")
+pytestmark = pytest.mark.mirror
 
 
 def _dataset_cfg(*overrides: str):
@@ -29,7 +31,7 @@ def _dataset_cfg(*overrides: str):
     ],
 )
 def test_mirror_datasets_load_with_documented_counts(monkeypatch, dataset, sizes, labels):
-    monkeypatch.setenv("ENCODERLAB_DATA_DIR", str(SHARED_DATA))
+    monkeypatch.setenv("ENCODERLAB_DATA_DIR", str(REAL_MIRROR))
     cfg = _dataset_cfg(f"dataset={dataset}")
     raw = load_raw_splits(cfg)
     assert {k: len(v) for k, v in raw.items() if k in sizes} == sizes
@@ -40,8 +42,15 @@ def test_mirror_datasets_load_with_documented_counts(monkeypatch, dataset, sizes
 
 
 def test_trec_fine_takes_its_50_labels_from_the_data(monkeypatch):
-    monkeypatch.setenv("ENCODERLAB_DATA_DIR", str(SHARED_DATA))
+    monkeypatch.setenv("ENCODERLAB_DATA_DIR", str(REAL_MIRROR))
     cfg = _dataset_cfg("dataset=trec_fine")
     prepared = prepare_splits(load_raw_splits(cfg), cfg)
     assert len(prepared.label_names) == 50 and "DESC:manner" in prepared.label_names
     assert len(prepared.splits["test"]) == 500
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_bundled_quickstart_data_is_the_mirrors_uci_sentences(split):
+    """The files shipped in the package are the mirror's, byte for byte (same split, same provenance)."""
+    bundled = bundled_data_dir() / "uci_sentences" / f"{split}.parquet"
+    assert bundled.read_bytes() == (REAL_MIRROR / "uci_sentences" / f"{split}.parquet").read_bytes()

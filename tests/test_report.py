@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FAST, all_runs
+from helpers import FAST, all_runs, artifacts
+
+pytestmark = pytest.mark.slow  # every test trains through the CLI (or reads a module-scoped run)
 
 REPORT_FILES = {
     "report/metrics.json",
@@ -50,13 +52,6 @@ class Trained:
     run_dir: Path
     run_id: str
     tracking_uri: str
-
-
-def _artifacts(client, run_id: str, path: str = "") -> set[str]:
-    out: set[str] = set()
-    for f in client.list_artifacts(run_id, path):
-        out |= _artifacts(client, run_id, f.path) if f.is_dir else {f.path}
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +93,7 @@ def test_run_logs_every_report_artifact(trained):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(trained.tracking_uri)
-    arts = _artifacts(client, trained.run_id)
+    arts = artifacts(client, trained.run_id)
     assert arts >= REPORT_FILES, REPORT_FILES - arts
     metrics = client.get_run(trained.run_id).data.metrics
     for name in (
@@ -367,7 +362,7 @@ def test_evaluate_cross_domain_logs_a_new_run_with_the_report(trained, cli, mlfl
         [exp.experiment_id], filter_string=f"tags.`encoderlab.source_run` = '{trained.run_id}'"
     )
     assert run.info.status == "FINISHED" and run.data.tags["encoderlab.split"] == "test"
-    arts = _artifacts(client, run.info.run_id)
+    arts = artifacts(client, run.info.run_id)
     assert {
         "report/report.html",
         "report/roc_curve.png",

@@ -108,6 +108,7 @@ def test_bert_style_init():
     assert torch.all(model.tok_emb.weight[0] == 0)  # padding row
 
 
+@pytest.mark.slow
 def test_exported_model_reloads_to_identical_predictions(cli, isolated):
     """The run's model/ dir (config.json + model.safetensors + tokenizer) gives back the logged test probabilities."""
     import json
@@ -115,7 +116,7 @@ def test_exported_model_reloads_to_identical_predictions(cli, isolated):
     import pandas as pd
     from transformers import AutoTokenizer
 
-    from conftest import FAST
+    from helpers import FAST
 
     res = cli(
         "train",
@@ -164,6 +165,7 @@ def test_exported_model_reloads_to_identical_predictions(cli, isolated):
     np.testing.assert_allclose(got[[f"prob_{n}" for n in names]].to_numpy(), expected.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_scratch_tokenizer_is_trained_once_per_data_and_settings(cli, mlflow_client, isolated):
     args = (
         "train",
@@ -195,6 +197,7 @@ def test_scratch_tokenizer_is_trained_once_per_data_and_settings(cli, mlflow_cli
     assert all(s["vocab_size_actual"] <= 700 for s in summaries)
 
 
+@pytest.mark.slow
 def test_scratch_and_pretrained_runs_compare_in_one_experiment(cli, tiny_bert, mlflow_client):
     """Only model= changes: both runs land in the sst2_minilm experiment with the same metrics."""
     common = ("train", "experiment=sst2_minilm", "trainer.fast_dev_run=2", *FAST_ARGS)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import all_runs
+from helpers import all_runs
 
 TINY = {
     "base": [
@@ -67,6 +67,7 @@ def states(study) -> list[str]:
     return [t.state.name for t in study.get_trials(deepcopy=False)]
 
 
+@pytest.mark.slow
 def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
     write_space(isolated)
     res = cli("sweep", "sweep=tiny")
@@ -121,6 +122,7 @@ def test_sweep_runs_resumes_and_reports(cli, isolated, mlflow_client):
     assert rerun == json.loads((trial_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_seeds_per_trial_averages_the_seeds_and_prunes_on_the_first(cli, isolated, mlflow_client):
     """study.seeds_per_trial=2: every trial trains its config with seeds 42 and 43, each its own MLflow
     run; the trial's value is the mean of their best validation values; the pruner gets one curve, the
@@ -157,6 +159,7 @@ def test_seeds_per_trial_averages_the_seeds_and_prunes_on_the_first(cli, isolate
     assert "mean over seeds 42, 43; this config runs seed 42" in header
 
 
+@pytest.mark.slow
 def test_retest_retrains_the_winner_with_fresh_seeds_on_test(cli, isolated, mlflow_client):
     """--retest 1,2: the best trial's exact config trained again with seeds 10000 and 10001 and scored on
     test; the mean and std of those two runs are what is reported, on stdout, in retest.json/.md and on
@@ -305,6 +308,7 @@ def test_unknown_sweep_name_lists_the_available_ones(cli, isolated):
     assert res.code == 2 and "no search space 'sweep=nope'" in res.err and "trec_scratch" in res.err
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_with_exact_trial_count(cli, isolated, mlflow_client):
     """SIGKILL mid-trial, rerun: exactly n_trials complete, the killed trial FAIL in Optuna and in MLflow."""
     write_space(isolated, study={**TINY["study"], "n_trials": 2})
@@ -339,6 +343,7 @@ def test_killed_sweep_resumes_with_exact_trial_count(cli, isolated, mlflow_clien
     assert runs["1"].info.status == runs["2"].info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_sweep_killed_in_a_trials_second_seed_fails_the_trial_not_the_finished_seed(
     cli, isolated, mlflow_client
 ):
@@ -375,6 +380,7 @@ def test_sweep_killed_in_a_trials_second_seed_fails_the_trial_not_the_finished_s
     assert {runs["1", s].data.tags["encoderlab.trial_state"] for s in ("42", "43")} == {"COMPLETE"}
 
 
+@pytest.mark.slow
 def test_two_workers_finish_exactly_n_trials_on_sqlite(cli, isolated):
     write_space(isolated, study={**TINY["study"], "n_trials": 3})
     res = cli("sweep", "sweep=tiny", "--workers", "2")
@@ -385,6 +391,7 @@ def test_two_workers_finish_exactly_n_trials_on_sqlite(cli, isolated):
     assert all(t.user_attrs.get("surplus") for t in study.trials if t.state.name == "FAIL")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("ENCODERLAB_TEST_POSTGRES_URL"),
     reason="no PostgreSQL server (.ci/run starts one and sets ENCODERLAB_TEST_POSTGRES_URL)",

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import logging
 
+import pytest
 import torch
 from torch import nn
 
-from conftest import FAST, all_runs
+from helpers import FAST, all_runs
 
 
 class MeanEmbeddingClassifier(nn.Module):
@@ -48,6 +49,7 @@ def _model_config(isolated, text: str):
     return "--config-dir", str(isolated / "my_conf"), "model=mine"
 
 
+@pytest.mark.slow
 def test_a_users_model_trains_and_gets_the_default_analysis(cli, isolated, mlflow_client):
     """Its own keys (dim) pass the config check; attention is skipped with a line naming attention_maps;
     attributions use its input_embeddings(); the run finishes with the report written."""

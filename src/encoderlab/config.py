@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
-from encoderlab.paths import conf_dir  # noqa: F401  (re-exported for callers of encoderlab.config)
+from encoderlab.paths import (
+    bundled_file,
+    conf_dir,  # noqa: F401  (re-exported for callers of encoderlab.config)
+)
 
 
 @dataclass
@@ -266,7 +269,10 @@ RENAMED_KEYS: dict[str, str] = {
 
 
 def register_configs() -> None:
-    """Register the schemas; YAML files name them in their defaults lists."""
+    """Register the schemas (YAML files name them in their defaults lists) and the `${bundled:...}`
+    resolver (the path of a data file shipped inside the package)."""
+    if not OmegaConf.has_resolver("bundled"):
+        OmegaConf.register_new_resolver("bundled", bundled_file)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

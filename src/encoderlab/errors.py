@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 from typing import Any
 
 
@@ -13,6 +14,45 @@ class EncoderlabError(Exception):
 
 class ConfigError(EncoderlabError):
     """The composed config is invalid: reported before any heavy import, exit code 2."""
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (optional dependencies)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a missing parent package; a module set to None in sys.modules
+        return False
+
+
+def missing_extra(package: str, extra: str, needed_for: str) -> ConfigError:
+    """An optional dependency is not installed: what needs it and the pip extra that brings it."""
+    return ConfigError(
+        f"Config error: {needed_for} needs the optional package '{package}', which is not installed. "
+        f"Install it with: pip install 'encoderlab[{extra}]' (or 'encoderlab[all]' for every extra)."
+    )
+
+
+def require_extra(module: str, package: str, extra: str, needed_for: str) -> None:
+    """Raise missing_extra(...) unless `module` is importable."""
+    if not installed(module):
+        raise missing_extra(package, extra, needed_for)
+
+
+# hydra/launcher options that a Hydra plugin provides: option -> (plugin module, pip package, extra)
+LAUNCHER_PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher", "sweep"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher", "slurm"),
+}
+
+
+def _missing_launcher_plugin(message: str) -> str | None:
+    """Hydra says it cannot find 'hydra/launcher/<option>': name the extra when that plugin is absent."""
+    for option, (module, package, extra) in LAUNCHER_PLUGINS.items():
+        if f"hydra/launcher/{option}'" in message and not installed(module):
+            return str(missing_extra(package, extra, f"hydra/launcher={option}"))
+    return None
 
 
 def heads_error(d_model: int, n_heads: int) -> ConfigError:
@@ -119,6 +159,9 @@ def format_config_error(ex: BaseException) -> str | None:
 
     if isinstance(ex, MissingConfigException):
         first = str(ex).strip().split("\n")[0]
+        plugin = _missing_launcher_plugin(first)
+        if plugin:
+            return plugin
         options = getattr(ex, "options", None) or []
         options = [o for o in options if not o.endswith("_schema")]
         if options:

@@ -23,3 +23,22 @@ def conf_dir() -> Path:
 def packaged_sweeps_dir() -> Path:
     """The packaged search spaces (sweeps/<name>.yaml)."""
     return _packaged("sweeps")
+
+
+def bundled_data_dir() -> Path:
+    """Datasets shipped inside the package (encoderlab/data/bundled/<name>/<split>.parquet)."""
+    return _HERE / "data" / "bundled"
+
+
+def bundled_file(relative: str) -> str:
+    """`${bundled:uci_sentences/train.parquet}` in a config: the absolute path of a bundled data file."""
+    path = bundled_data_dir() / relative
+    if not path.is_file():
+        shipped = sorted(
+            str(p.relative_to(bundled_data_dir())) for p in bundled_data_dir().rglob("*.parquet")
+        )
+        raise FileNotFoundError(
+            f"${{bundled:{relative}}}: no such file in {bundled_data_dir()}. "
+            f"Bundled files: {', '.join(shipped) or 'none'}."
+        )
+    return str(path)

@@ -7,7 +7,7 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from encoderlab.config import ALLOWED_VALUES, SCHEMAS, HFModelConfig, ScratchModelConfig
-from encoderlab.errors import ConfigError, heads_error, renamed_key_error, target_key_error
+from encoderlab.errors import ConfigError, heads_error, renamed_key_error, require_extra, target_key_error
 
 # groups whose options are `_target_` dicts, built with hydra.utils.instantiate (callbacks: a dict of them)
 TARGET_GROUPS = ("trainer", "optimizer", "scheduler")
@@ -70,6 +70,18 @@ def _check_probes(cfg: DictConfig) -> None:
         check_suites(OmegaConf.to_container(cfg.probes.suites, resolve=True))
 
 
+def _check_extras(cfg: DictConfig) -> None:
+    """Optional packages the chosen analysis needs, named with their pip extra before any work."""
+    if cfg.analysis.attributions.enabled:
+        require_extra(
+            "captum",
+            "captum",
+            "analysis",
+            "analysis.attributions.enabled=true (Integrated Gradients; analysis.attributions.enabled=false "
+            "or analysis=report_only runs without it)",
+        )
+
+
 def validate_evaluate_config(cfg: DictConfig) -> None:
     """The checks of `encoderlab evaluate`: keys, allowed values and the dataset."""
     from encoderlab.config import EvaluateConfig
@@ -83,6 +95,7 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     _check_allowed_values(cfg)
     _check_dataset(cfg.dataset)
     _check_probes(cfg)
+    _check_extras(cfg)
     if cfg.max_length is not None and cfg.max_length < 2:
         _fail("max_length", cfg.max_length, "null or an integer >= 2")
 
@@ -94,6 +107,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_dataset(cfg.dataset)
     _check_probes(cfg)
     _check_training(cfg)
+    _check_extras(cfg)
 
 
 def _check_dataset(ds: DictConfig) -> None:

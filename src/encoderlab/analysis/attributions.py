@@ -72,6 +72,9 @@ def integrated_gradients(
     """Integrated-Gradients attributions of each text's tokens toward `target` (default: the predicted
     class), one text at a time (progress: a bar over the texts), in eval mode (the training flags are
     restored afterwards)."""
+    from encoderlab.errors import require_extra
+
+    require_extra("captum", "captum", "analysis", "Integrated Gradients (analysis.attributions)")
     from captum.attr import LayerIntegratedGradients
 
     if not isinstance(net, HasInputEmbeddings):

@@ -68,7 +68,7 @@ def load_raw_splits(ds_cfg: DictConfig) -> DatasetDict:
     kwargs = {}
     if ds_cfg.data_files is not None:
         kwargs["data_files"] = (
-            OmegaConf.to_container(ds_cfg.data_files)
+            OmegaConf.to_container(ds_cfg.data_files, resolve=True)
             if OmegaConf.is_config(ds_cfg.data_files)
             else ds_cfg.data_files
         )

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from encoderlab.errors import EncoderlabError
+from encoderlab.errors import EncoderlabError, require_extra
 
 # optuna class names (optuna is imported only when a study is built: it is slow to import)
 SAMPLER_CLASSES = {
@@ -56,7 +56,21 @@ def no_experimental_warnings():
         yield
 
 
+def require_sampler_package(name: str) -> None:
+    """optuna's CMA-ES sampler imports the `cmaes` package only when it samples: check before any trial."""
+    if name == "cmaes":
+        require_extra("cmaes", "cmaes", "sweep", "study.sampler=cmaes")
+
+
+def require_storage_driver(url: str) -> None:
+    """A PostgreSQL storage URL needs psycopg (SQLAlchemy's default PostgreSQL driver)."""
+    scheme = url.split("://", 1)[0]
+    if scheme in ("postgresql", "postgresql+psycopg"):
+        require_extra("psycopg", "psycopg[binary]", "postgres", f"the PostgreSQL study storage {redact(url)}")
+
+
 def make_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: dict | None = None):
+    require_sampler_package(name)
     kwargs = {**SAMPLER_DEFAULTS.get(name, {}), **(args or {}), "seed": seed}
     with no_experimental_warnings():
         if name == "grid":
@@ -80,6 +94,7 @@ def open_study(space):
     from optuna.storages import RDBStorage
 
     url = storage_url(space.study)
+    require_storage_driver(url)
     # heartbeats let a rerun (or another worker) mark trials whose process died as FAIL
     try:
         with no_experimental_warnings():
