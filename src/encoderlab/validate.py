@@ -78,7 +78,7 @@ def _check_extras(cfg: DictConfig) -> None:
             "captum",
             "analysis",
             "analysis.attributions.enabled=true (Integrated Gradients; analysis.attributions.enabled=false "
-            "or analysis=report_only runs without it)",
+            "or analysis=report runs without it)",
         )
 
 
