@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Mapping
 
 import lightning as L
 import torch
+
+from encoderlab.errors import DivergedError
 
 
 class Throughput(L.Callback):
@@ -70,3 +73,78 @@ class Throughput(L.Callback):
         if self.first_step_at is not None:  # from the run's start to its first training batch
             out["perf/seconds_to_first_step"] = self.first_step_at - self.started_at
         return out
+
+
+class DivergenceGuard(L.Callback):
+    """Stops the fit at the first NaN/inf training loss with a DivergedError (what happened, where, what
+    to try) instead of training on and exporting a NaN model. On CPU every step's loss is checked at once;
+    on a GPU the check of a step's loss waits for the next step (or validation, or the end of training),
+    so it never stalls the device: reading a value the GPU computed a step ago costs no waiting."""
+
+    def __init__(self) -> None:
+        self._step = 0
+        self._pending: tuple[torch.Tensor, dict] | None = None  # (finite flag, context) not yet read
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._step = trainer.global_step  # optimizer steps done before this batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        ids = batch.get("input_ids") if isinstance(batch, Mapping) else None  # dict or BatchEncoding
+        shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else (len(batch["labels"]), None)  # (B, T)
+        context = {"step": self._step, "shape": shape, "loss": loss.detach(), "trainer": trainer}
+        finite = loss.detach().isfinite().all()
+        if loss.device.type == "cpu":
+            self._check(finite, context)
+        else:
+            self.flush()
+            self._pending = (finite, context)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.flush()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Check the loss whose check was deferred (GPU)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._check(*pending)
+
+    @staticmethod
+    def _check(finite: torch.Tensor, context: dict) -> None:
+        if bool(finite):
+            return
+        raise DivergedError(
+            diverged_message(context["trainer"], context["step"], context["shape"], context["loss"])
+        )
+
+
+def diverged_message(trainer: L.Trainer, step: int, shape: tuple, loss: torch.Tensor) -> str:
+    """One paragraph: the bad loss, the step, the batch shape and learning rate, and what to try."""
+    value = "NaN" if torch.isnan(loss).any() else "inf"
+    batch, length = shape[0], shape[1] if len(shape) > 1 else None
+    size = f"{batch} sequences x {length} tokens" if length is not None else f"{batch} examples"
+    lr = ""
+    if trainer.optimizers:
+        group = trainer.optimizers[0].param_groups[0]
+        lr = f", learning rate {group['lr']:.3g}"
+        if "initial_lr" in group and group["initial_lr"] != group["lr"]:  # a scheduler moved it
+            lr += f" (optimizer.lr={group['initial_lr']:.3g})"
+    tries = ["a lower optimizer.lr (e.g. 10x lower)"]
+    clip = trainer.gradient_clip_val
+    tries.append(
+        f"stronger gradient clipping (trainer.gradient_clip_val, now {clip})"
+        if clip
+        else "gradient clipping (trainer.gradient_clip_val=1.0)"
+    )
+    if not str(trainer.precision).startswith("32"):
+        tries.append(f"full precision (trainer.precision=32; now {trainer.precision})")
+    return (
+        f"Training diverged: the training loss became {value} at global step {step} (a batch of {size}"
+        f"{lr}). The run stopped there and exported no model. Try {', '.join(tries[:-1])} or {tries[-1]}; "
+        "trainer.detect_anomaly=true names the operation that first produced the NaN/inf."
+    )

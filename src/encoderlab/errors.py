@@ -16,6 +16,10 @@ class ConfigError(EncoderlabError):
     """The composed config is invalid: reported before any heavy import, exit code 2."""
 
 
+class DivergedError(EncoderlabError):
+    """The training loss became NaN/inf: the run stops there and exports nothing, exit code 1."""
+
+
 def installed(module: str) -> bool:
     """Whether `module` can be imported, without importing it (optional dependencies)."""
     try:

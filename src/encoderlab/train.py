@@ -25,7 +25,7 @@ import encoderlab
 from encoderlab.analysis.analyze import analyze
 from encoderlab.analysis.figures import plot_confusion_matrix
 from encoderlab.analysis.report import predictions_frame
-from encoderlab.callbacks import Throughput
+from encoderlab.callbacks import DivergenceGuard, Throughput
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
@@ -196,11 +196,13 @@ def fit(
     extra_callbacks: list | None,
     started_at: float,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    """The Trainer from cfg.trainer and cfg.callbacks (+ throughput counters, + a sweep's hooks), fitted."""
+    """The Trainer from cfg.trainer and cfg.callbacks (+ throughput counters, the NaN/inf loss guard, + a
+    sweep's hooks), fitted."""
     callbacks = make_callbacks(cfg, run_dir)
     throughput = Throughput(started_at)
+    own = [throughput, DivergenceGuard()]
     trainer = make_trainer(
-        cfg, run_dir, run.lightning_logger(), [*callbacks.values(), throughput, *(extra_callbacks or [])]
+        cfg, run_dir, run.lightning_logger(), [*callbacks.values(), *own, *(extra_callbacks or [])]
     )
     run.set_tags(
         {

@@ -93,6 +93,21 @@ def _download_run_model(run_id: str, tracking_uri: str | None) -> Path:
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri))
 
 
+def check_finite(net: nn.Module, directory: Path) -> None:
+    """Refuse weights holding NaN/inf (a diverged run's): every prediction would be NaN."""
+    import torch
+
+    for name, tensor in net.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise EncoderlabError(
+                f"Model directory {directory} holds non-finite weights: tensor '{name}' "
+                f"{tuple(tensor.shape)} has {bad} NaN/inf values of {tensor.numel()} (the first such tensor). "
+                "The run that saved it diverged; retrain it with a lower optimizer.lr or gradient clipping "
+                "(encoderlab train now stops a run whose loss becomes NaN/inf and exports nothing)."
+            )
+
+
 def load_model(source: str, tracking_uri: str | None = None) -> LoadedModel:
     """The model, tokenizer and label names of a run id, run directory or exported model directory."""
     from transformers import AutoTokenizer
@@ -130,5 +145,6 @@ def load_model(source: str, tracking_uri: str | None = None) -> LoadedModel:
     id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
     label_names = meta.get("label_names") or [id2label[i] for i in sorted(id2label)]
     max_length = min(int(meta.get("max_length", model_max)), model_max)
+    check_finite(net, directory)
     net.eval()
     return LoadedModel(net, tokenizer, label_names, directory, family, max_length, model_max, run_id, meta)
