@@ -81,7 +81,8 @@ class DivergenceGuard(L.Callback):
     on a GPU the check of a step's loss waits for the next step (or validation, or the end of training),
     so it never stalls the device: reading a value the GPU computed a step ago costs no waiting."""
 
-    def __init__(self) -> None:
+    def __init__(self, defer: bool | None = None) -> None:
+        self.defer = defer  # check a step's loss at the next step; None: on any device but the CPU
         self._step = 0
         self._pending: tuple[torch.Tensor, dict] | None = None  # (finite flag, context) not yet read
 
@@ -94,9 +95,9 @@ class DivergenceGuard(L.Callback):
             return
         ids = batch.get("input_ids") if isinstance(batch, Mapping) else None  # dict or BatchEncoding
         shape = tuple(ids.shape) if isinstance(ids, torch.Tensor) else (len(batch["labels"]), None)  # (B, T)
-        context = {"step": self._step, "shape": shape, "loss": loss.detach(), "trainer": trainer}
+        context = {"step": self._step, "shape": shape, "loss": loss.detach(), **_settings(trainer)}
         finite = loss.detach().isfinite().all()
-        if loss.device.type == "cpu":
+        if not (self.defer if self.defer is not None else loss.device.type != "cpu"):
             self._check(finite, context)
         else:
             self.flush()
@@ -118,33 +119,40 @@ class DivergenceGuard(L.Callback):
     def _check(finite: torch.Tensor, context: dict) -> None:
         if bool(finite):
             return
-        raise DivergedError(
-            diverged_message(context["trainer"], context["step"], context["shape"], context["loss"])
-        )
+        raise DivergedError(diverged_message(**context))
 
 
-def diverged_message(trainer: L.Trainer, step: int, shape: tuple, loss: torch.Tensor) -> str:
+def _settings(trainer: L.Trainer) -> dict:
+    """What the message names besides the step and batch, read when the step ran (a scheduler moves lr)."""
+    group = trainer.optimizers[0].param_groups[0] if trainer.optimizers else {}
+    return {
+        "lr": group.get("lr"),
+        "initial_lr": group.get("initial_lr"),  # optimizer.lr, when a scheduler is set
+        "clip": trainer.gradient_clip_val,
+        "precision": str(trainer.precision),
+    }
+
+
+def diverged_message(
+    step: int, shape: tuple, loss: torch.Tensor, lr=None, initial_lr=None, clip=None, precision: str = "32"
+) -> str:
     """One paragraph: the bad loss, the step, the batch shape and learning rate, and what to try."""
     value = "NaN" if torch.isnan(loss).any() else "inf"
     batch, length = shape[0], shape[1] if len(shape) > 1 else None
     size = f"{batch} sequences x {length} tokens" if length is not None else f"{batch} examples"
-    lr = ""
-    if trainer.optimizers:
-        group = trainer.optimizers[0].param_groups[0]
-        lr = f", learning rate {group['lr']:.3g}"
-        if "initial_lr" in group and group["initial_lr"] != group["lr"]:  # a scheduler moved it
-            lr += f" (optimizer.lr={group['initial_lr']:.3g})"
-    tries = ["a lower optimizer.lr (e.g. 10x lower)"]
-    clip = trainer.gradient_clip_val
-    tries.append(
+    rate = f", learning rate {float(lr):.3g}" if lr is not None else ""
+    if lr is not None and initial_lr is not None and float(initial_lr) != float(lr):
+        rate += f" (optimizer.lr={float(initial_lr):.3g})"
+    tries = [
+        "a lower optimizer.lr (e.g. 10x lower)",
         f"stronger gradient clipping (trainer.gradient_clip_val, now {clip})"
         if clip
-        else "gradient clipping (trainer.gradient_clip_val=1.0)"
-    )
-    if not str(trainer.precision).startswith("32"):
-        tries.append(f"full precision (trainer.precision=32; now {trainer.precision})")
+        else "gradient clipping (trainer.gradient_clip_val=1.0)",
+    ]
+    if not precision.startswith("32"):
+        tries.append(f"full precision (trainer.precision=32; now {precision})")
     return (
         f"Training diverged: the training loss became {value} at global step {step} (a batch of {size}"
-        f"{lr}). The run stopped there and exported no model. Try {', '.join(tries[:-1])} or {tries[-1]}; "
+        f"{rate}). The run stopped there and exported no model. Try {', '.join(tries[:-1])} or {tries[-1]}; "
         "trainer.detect_anomaly=true names the operation that first produced the NaN/inf."
     )
