@@ -200,7 +200,7 @@ def fit(
     sweep's hooks), fitted."""
     callbacks = make_callbacks(cfg, run_dir)
     throughput = Throughput(started_at)
-    own = [throughput, DivergenceGuard()]
+    own = [throughput, DivergenceGuard()]  # DivergenceGuard: a NaN/inf loss stops the fit
     trainer = make_trainer(
         cfg, run_dir, run.lightning_logger(), [*callbacks.values(), *own, *(extra_callbacks or [])]
     )

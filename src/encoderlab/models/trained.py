@@ -103,8 +103,8 @@ def check_finite(net: nn.Module, directory: Path) -> None:
             raise EncoderlabError(
                 f"Model directory {directory} holds non-finite weights: tensor '{name}' "
                 f"{tuple(tensor.shape)} has {bad} NaN/inf values of {tensor.numel()} (the first such tensor). "
-                "The run that saved it diverged; retrain it with a lower optimizer.lr or gradient clipping "
-                "(encoderlab train now stops a run whose loss becomes NaN/inf and exports nothing)."
+                "Its predictions would all be NaN: the training run that saved it diverged (or the file was "
+                "damaged). Retrain it with a lower optimizer.lr or gradient clipping (trainer.gradient_clip_val)."
             )
 
 
