@@ -98,11 +98,22 @@ def test_three_trains_started_together_keep_their_own_dirs_store_and_models(tiny
     served = []
     for run in runs:
         run_id = run.info.run_id
-        (isolated / run_id).mkdir()
-        logged = client.download_artifacts(run_id, "predictions/test_predictions.csv", str(isolated / run_id))
+        dst = isolated / "downloads" / run_id  # not ./<run id>: predict would take that for a directory
+        dst.mkdir(parents=True)
+        logged = client.download_artifacts(run_id, "predictions/test_predictions.csv", str(dst))
         logged = pd.read_csv(logged).head(8)
         out = isolated / f"{run_id}.csv"
-        res = cli("predict", run_id, *logged["text"], "--output", str(out), "--tracking-uri", uri)
+        res = cli(
+            "predict",
+            run_id,
+            *logged["text"],
+            "--output",
+            str(out),
+            "--tracking-uri",
+            uri,
+            "--precision",
+            "32",
+        )
         assert res.code == 0, res.err
         frame = pd.read_csv(out)
         np.testing.assert_allclose(frame["prob_positive"], logged["prob_positive"], atol=1e-5)
