@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from datetime import datetime
@@ -95,30 +96,31 @@ def test_three_trains_started_together_keep_their_own_dirs_store_and_models(tiny
     for d in run_dirs:
         assert (d / ".hydra" / "config.yaml").is_file() and (d / "model" / "config.json").is_file()
 
-    served = []
-    for run in runs:
-        run_id = run.info.run_id
+    def predict(run_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(what `predict <run id>` serves, what the run logged) on the first test texts."""
         dst = isolated / "downloads" / run_id  # not ./<run id>: predict would take that for a directory
-        dst.mkdir(parents=True)
+        dst.mkdir(parents=True, exist_ok=True)
         logged = client.download_artifacts(run_id, "predictions/test_predictions.csv", str(dst))
         logged = pd.read_csv(logged).head(8)
         out = isolated / f"{run_id}.csv"
-        res = cli(
-            "predict",
-            run_id,
-            *logged["text"],
-            "--output",
-            str(out),
-            "--tracking-uri",
-            uri,
-            "--precision",
-            "32",
-        )
+        args = ["--output", str(out), "--tracking-uri", uri, "--precision", "32"]
+        res = cli("predict", run_id, *logged["text"], *args)
         assert res.code == 0, res.err
-        frame = pd.read_csv(out)
-        np.testing.assert_allclose(frame["prob_positive"], logged["prob_positive"], atol=1e-5)
-        served.append(frame["prob_positive"].to_numpy())
+        return pd.read_csv(out)["prob_positive"].to_numpy(), logged["prob_positive"].to_numpy()
+
+    served = []
+    for run in runs:
+        got, logged = predict(run.info.run_id)
+        np.testing.assert_allclose(got, logged, atol=1e-5)
+        served.append(got)
     # the three models differ, so the comparison above tells them apart
     assert not np.allclose(served[0], served[1], atol=1e-4) and not np.allclose(
         served[1], served[2], atol=1e-4
     )
+
+    # a run directory that now holds another run's model (a shared or reused directory) is not trusted
+    first, second = (Path(r.data.tags["encoderlab.run_dir"]) for r in runs[:2])
+    shutil.rmtree(first / "model")
+    shutil.copytree(second / "model", first / "model")
+    got, logged = predict(runs[0].info.run_id)
+    np.testing.assert_allclose(got, logged, atol=1e-5)
