@@ -9,6 +9,7 @@ This module imports only the standard library, omegaconf and hydra.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -268,11 +269,21 @@ RENAMED_KEYS: dict[str, str] = {
 }
 
 
+def run_suffix() -> str:
+    """6 random hex characters: `${run_suffix:}` in a run directory's name, so runs started in the same
+    second (or millisecond) never share one."""
+    return secrets.token_hex(3)
+
+
 def register_configs() -> None:
-    """Register the schemas (YAML files name them in their defaults lists) and the `${bundled:...}`
-    resolver (the path of a data file shipped inside the package)."""
+    """Register the schemas (YAML files name them in their defaults lists), the `${bundled:...}` resolver
+    (the path of a data file shipped inside the package) and `${run_suffix:}`."""
     if not OmegaConf.has_resolver("bundled"):
         OmegaConf.register_new_resolver("bundled", bundled_file)
+    if not OmegaConf.has_resolver("run_suffix"):
+        # cached per config like Hydra's ${now:}: one value per run, and a multirun's jobs share the
+        # sweep's (Hydra copies the resolver cache into each job's config)
+        OmegaConf.register_new_resolver("run_suffix", run_suffix, use_cache=True)
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)

@@ -8,12 +8,15 @@ import os
 import shlex
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
 import encoderlab
+from encoderlab.errors import EncoderlabError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,51 @@ log = logging.getLogger(__name__)
 def default_tracking_uri() -> str:
     """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///outputs/mlflow.db under the cwd."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'outputs' / 'mlflow.db'}"
+
+
+T = TypeVar("T")
+
+# what two processes creating or migrating the same SQL store at once run into (the loser's DDL or
+# alembic's version-table update finds the other's work already done)
+_STORE_RACES = ("already exists", "Online migration expected to match one row")
+STORE_LOCK_TIMEOUT_S = 600.0
+
+
+def open_store(url: str, opener: Callable[[], T], attempts: int = 5) -> T:
+    """`opener()` (the first connection to a SQL store, which creates and migrates its tables), safe when
+    several processes open the same new store at once: a SQLite store is opened under a file lock beside
+    the database (<db>.lock); other SQL stores retry the known creation races a few times."""
+    if url.startswith("sqlite:///"):
+        from filelock import FileLock, Timeout
+
+        db = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{db}.lock", timeout=STORE_LOCK_TIMEOUT_S)
+        try:
+            with lock:
+                return opener()
+        except Timeout as ex:
+            raise EncoderlabError(
+                f"Another process held the lock {lock.lock_file} of the store {db} for over "
+                f"{STORE_LOCK_TIMEOUT_S:.0f} s; if no encoderlab command is running, delete the lock file."
+            ) from ex
+    for attempt in range(attempts):
+        try:
+            return opener()
+        except Exception as ex:
+            if attempt == attempts - 1 or not any(race in str(ex) for race in _STORE_RACES):
+                raise
+            log.info("Store %s was being created by another process (%s); retrying", url, type(ex).__name__)
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def tracking_client(uri: str | None = None):
+    """An MlflowClient on `uri` (default_tracking_uri() when None), its store created safely (open_store)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = uri or default_tracking_uri()
+    return open_store(uri, lambda: MlflowClient(uri))
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -148,12 +196,8 @@ class ParentRun:
         find_by: dict[str, str] | None = None,
     ) -> ParentRun:
         """Create the parent run, or with `find_by` (tags) reopen the one a previous process created."""
-        from mlflow.tracking import MlflowClient
-
         uri = logger_cfg.tracking_uri or default_tracking_uri()
-        if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        client = MlflowClient(uri)
+        client = tracking_client(uri)
         exp_id = open_experiment(client, experiment_name, logger_cfg.artifact_location, uri)
         if find_by:
             clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in find_by.items())
@@ -221,12 +265,8 @@ class TrackedRun:
     def __enter__(self) -> TrackedRun:
         if not self.enabled:
             return self
-        from mlflow.tracking import MlflowClient
-
         self.tracking_uri = self.cfg.logger.tracking_uri or default_tracking_uri()
-        if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(self.tracking_uri)
+        self.client = tracking_client(self.tracking_uri)
         name = self.cfg.experiment_name
         self.experiment_id = open_experiment(
             self.client, name, self.cfg.logger.artifact_location, self.tracking_uri

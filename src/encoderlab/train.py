@@ -295,7 +295,10 @@ def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, 
             shutil.rmtree(model_dir)
         net.save_pretrained(model_dir, tokenizer)
         family = {ScratchEncoder: "scratch", HFEncoderClassifier: "hf"}.get(type(net), type(net).__qualname__)
-        write_metadata(model_dir, dm.label_names, cfg.dataset.max_length, family, dataset=cfg.dataset.name)
+        extra = {"run_id": run.run_id} if run.run_id else {}  # predict <run id> trusts only its own model
+        write_metadata(
+            model_dir, dm.label_names, cfg.dataset.max_length, family, dataset=cfg.dataset.name, **extra
+        )
         run.log_artifact(model_dir, "model")
     if cfg.logger.log_checkpoint and best:
         run.log_artifact(Path(best), "checkpoints")

@@ -35,12 +35,11 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    from encoderlab.tracking import default_tracking_uri, git_state
+    from encoderlab.tracking import default_tracking_uri, git_state, tracking_client
 
     uri = args.tracking_uri or default_tracking_uri()
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     try:
         old = client.get_run(args.run_id)
     except MlflowException as ex:

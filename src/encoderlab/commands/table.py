@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from mlflow.tracking import MlflowClient
-
-    from encoderlab.tracking import default_tracking_uri
+    from encoderlab.tracking import default_tracking_uri, tracking_client
 
     uri = args.tracking_uri or default_tracking_uri()
     latest = not (args.experiment or args.parent)
@@ -74,7 +72,7 @@ def main(argv: list[str]) -> int:
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     parent = _latest_sweep_id(client, uri) if latest else args.parent
     frame = load_runs(client, args.experiment, parent, args.filter)
     if frame.empty:

@@ -41,6 +41,15 @@ def write_metadata(directory: Path, label_names: list[str], max_length: int, fam
     (Path(directory) / METADATA_FILE).write_text(json.dumps(meta, indent=2))
 
 
+def _metadata(directory: Path) -> dict:
+    """encoderlab.json of a model directory; {} when missing or unreadable."""
+    path = directory / METADATA_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
 def resolve_model_dir(source: str, tracking_uri: str | None = None) -> tuple[Path, str | None]:
     """A model directory and the MLflow run id it came from (None when given a directory)."""
     path = Path(source).expanduser()
@@ -68,12 +77,11 @@ def resolve_model_dir(source: str, tracking_uri: str | None = None) -> tuple[Pat
 def _download_run_model(run_id: str, tracking_uri: str | None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    from encoderlab.tracking import default_tracking_uri
+    from encoderlab.tracking import default_tracking_uri, tracking_client
 
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(uri)
+    client = tracking_client(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as ex:
@@ -82,8 +90,8 @@ def _download_run_model(run_id: str, tracking_uri: str | None) -> Path:
             f"--tracking-uri to the store the run was logged to)."
         ) from ex
     local = Path(run.data.tags.get("encoderlab.run_dir", "")) / "model"
-    if (local / "config.json").is_file():  # same machine: no copy needed
-        return local
+    if (local / "config.json").is_file() and _metadata(local).get("run_id") == run_id:
+        return local  # same machine, and the directory still holds this run's model: no copy needed
     names = [a.path for a in client.list_artifacts(run_id)]
     if "model" not in names:
         raise EncoderlabError(

@@ -96,13 +96,20 @@ def open_study(space):
     url = storage_url(space.study)
     require_storage_driver(url)
     # heartbeats let a rerun (or another worker) mark trials whose process died as FAIL
+    from encoderlab.tracking import open_store
+
     try:
-        with no_experimental_warnings():
-            storage = RDBStorage(
+        with no_experimental_warnings():  # open_store: parallel workers may create the storage at once
+            storage = open_store(
                 url,
-                heartbeat_interval=int(space.study["heartbeat_interval"]),
-                grace_period=int(space.study["grace_period"]),
+                lambda: RDBStorage(
+                    url,
+                    heartbeat_interval=int(space.study["heartbeat_interval"]),
+                    grace_period=int(space.study["grace_period"]),
+                ),
             )
+    except EncoderlabError:
+        raise
     except Exception as ex:  # unreachable server, bad URL, missing driver
         raise EncoderlabError(
             f"Could not open the study storage {redact(url)}: {type(ex).__name__}: {' '.join(str(ex).split())[:300]}"

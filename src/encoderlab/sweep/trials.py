@@ -172,9 +172,9 @@ def mark_trial_runs(
     re-checked on every pass; its finished seeds get tagged once)."""
     if parent_id is None:
         return
-    from mlflow.tracking import MlflowClient
+    from encoderlab.tracking import tracking_client
 
-    client = MlflowClient(tracking_uri)
+    client = tracking_client(tracking_uri)
     runs = client.search_runs(
         [client.get_run(parent_id).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and tags.`encoderlab.trial` = '{number}'",
