@@ -344,6 +344,34 @@ def test_killed_sweep_resumes_with_exact_trial_count(cli, isolated, mlflow_clien
 
 
 @pytest.mark.slow
+def test_sigterm_killed_sweep_exits_143_and_resumes(cli, isolated, mlflow_client):
+    """SIGTERM (preemption, `timeout`) mid-trial: the sweep exits 143, not 0, the trial's run is KILLED
+    with the signal named; a rerun fails the trial (heartbeat) and still completes exactly n_trials."""
+    write_space(isolated, study={**TINY["study"], "n_trials": 2})
+    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=30"]
+    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list((isolated / "outputs" / "sweeps" / "tiny").glob("trial_0000/checkpoints/*.ckpt")):
+            assert proc.poll() is None and time.time() < deadline, "the sweep did not start training"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    (killed,) = [r for r in all_runs(mlflow_client) if r.data.tags.get("encoderlab.trial") == "0"]
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags["encoderlab.error"] == "killed by SIGTERM"
+    time.sleep(3.5)  # past the grace period: the trial's heartbeat has stopped
+    res = cli("sweep", "sweep=tiny", "trainer.max_epochs=2")
+    assert res.code == 0, res.err
+    assert states(load_study(isolated)) == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.slow
 def test_sweep_killed_in_a_trials_second_seed_fails_the_trial_not_the_finished_seed(
     cli, isolated, mlflow_client
 ):

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import importlib
 
     from encoderlab.errors import ConfigError, EncoderlabError
+    from encoderlab.signals import Killed
 
     module = importlib.import_module(f"encoderlab.commands.{command}")
     try:
@@ -73,3 +74,6 @@ def main(argv: list[str] | None = None) -> int:
     except EncoderlabError as ex:  # argparse commands; Hydra commands report their own
         print(f"error: {ex}", file=sys.stderr)
         return 2 if isinstance(ex, ConfigError) else 1
+    except Killed as ex:  # SIGTERM / SIGINT during a run: it is marked KILLED; exit like the signal would
+        print(ex.message(), file=sys.stderr)
+        return ex.exit_code

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import encoderlab
 from encoderlab.errors import EncoderlabError
+from encoderlab.signals import Killed, SignalHandlers, signal_of
+from encoderlab.signals import reason as signal_reason
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +262,18 @@ class TrackedRun:
         self.run_id: str | None = None
         self.tracking_uri: str | None = None
         self.experiment_id: str | None = None
+        self._signals: SignalHandlers | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> TrackedRun:
+        self._signals = SignalHandlers().install()  # SIGTERM/SIGINT raise Killed until __exit__
+        try:
+            return self._open()
+        except BaseException:
+            self._signals.restore()
+            raise
+
+    def _open(self) -> TrackedRun:
         if not self.enabled:
             return self
         self.tracking_uri = self.cfg.logger.tracking_uri or default_tracking_uri()
@@ -314,8 +325,22 @@ class TrackedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            self._close(exc)
+        finally:
+            if self._signals is not None:
+                self._signals.restore()
+        signum = signal_of(exc)
+        if signum is not None:  # the CLI exits 128 + signum with one line naming the run
+            killed = exc if isinstance(exc, Killed) else Killed(signum)
+            killed.run_id, killed.run_dir = self.run_id, str(self.run_dir)
+            if killed is not exc:  # Lightning's SIGTERMException is a SystemExit with code 0
+                raise killed from exc
+        return False
+
+    def _close(self, exc: BaseException | None) -> None:
         if not self.enabled or self.run_id is None:
-            return False
+            return
         if exc is None:
             self.client.set_terminated(self.run_id, "FINISHED")
         elif type(exc).__name__ == "TrialPruned":  # optuna stopped an unpromising sweep trial
@@ -323,15 +348,15 @@ class TrackedRun:
             self.client.set_terminated(self.run_id, "KILLED")
             log.info("MLflow run %s: trial pruned", self.run_id)
         else:
-            status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-            reason = f"{type(exc).__name__}: {exc}"
+            signum = signal_of(exc)
+            status = "KILLED" if signum or isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
+            reason = signal_reason(signum) if signum else f"{type(exc).__name__}: {exc}"
             try:
                 self.client.set_tag(self.run_id, "encoderlab.error", reason[:4900])
                 self.log_text(reason + "\n", "error.txt")
             finally:
                 self.client.set_terminated(self.run_id, status)
             log.error("MLflow run %s marked %s: %s", self.run_id, status, reason)
-        return False
 
     # ---- logging --------------------------------------------------------------------------------
     def log_params(self, params: dict[str, str]) -> None:

@@ -1,0 +1,107 @@
+"""SIGTERM (preemption, `timeout`) and SIGINT (Ctrl-C) mid-training: the MLflow run ends KILLED with the
+signal named, and `encoderlab train` exits 143 / 130, so `train && next` does not go on."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import FAST, all_runs
+
+pytestmark = pytest.mark.slow  # trains a tiny BERT in a subprocess
+
+
+def training_started(db) -> bool:
+    """A RUNNING run has logged a training step (read-only: the MLflow store belongs to the subprocess)."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            rows = con.execute(
+                "SELECT 1 FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                "WHERE m.key = 'train/loss_step' AND r.status = 'RUNNING' LIMIT 1"
+            ).fetchall()
+    except sqlite3.Error:  # tables not created yet, or locked by a write
+        return False
+    return bool(rows)
+
+
+def train_then_signal(isolated, tiny_bert, signum: int) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "encoderlab",
+        "train",
+        "experiment=sst2_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "trainer.max_epochs=200",
+        "trainer.log_every_n_steps=1",
+        "analysis=none",
+        *FAST,
+    ]
+    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not training_started(isolated / "outputs" / "mlflow.db"):
+            assert proc.poll() is None, f"train exited before it trained: {proc.communicate()[1][-3000:]}"
+            assert time.time() < deadline, "train did not start training"
+            time.sleep(0.3)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "reason"),
+    [
+        (signal.SIGTERM, 143, "killed by SIGTERM"),
+        (signal.SIGINT, 130, "interrupted by SIGINT (Ctrl-C)"),
+    ],
+)
+def test_signal_mid_training_marks_the_run_killed_and_exits_nonzero(
+    isolated, tiny_bert, mlflow_client, signum, code, reason
+):
+    res = train_then_signal(isolated, tiny_bert, signum)
+    assert res.returncode == code, res.stderr[-3000:]
+    (run,) = all_runs(mlflow_client)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["encoderlab.error"] == reason
+    # one line says what happened, to which run, and where its files are
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("encoderlab: ")]
+    assert reason in line and run.info.run_id in line and run.data.tags["encoderlab.run_dir"] in line
+    assert "Traceback" not in res.stderr
+
+
+def test_handlers_are_restored_after_a_run(cli, tiny_bert):
+    """In-process callers run many commands: a finished run leaves the process's handlers as they were."""
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    res = cli(
+        "train", "experiment=sst2_minilm", f"model.name_or_path={tiny_bert}", "trainer.fast_dev_run=1", *FAST
+    )
+    assert res.code == 0, res.err
+    assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_lightnings_own_sigterm_exit_becomes_a_killed_run(tmp_path):
+    """On SLURM Lightning keeps its SIGTERM handler and ends fit with SIGTERMException (a SystemExit with
+    code 0): the run still ends as killed by SIGTERM, so the CLI exits 143, not 0."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from omegaconf import OmegaConf
+
+    from encoderlab.signals import Killed
+    from encoderlab.tracking import TrackedRun
+
+    cfg = OmegaConf.create({"logger": {"backend": "none"}})
+    with pytest.raises(Killed) as caught, TrackedRun(cfg, tmp_path):
+        raise SIGTERMException
+    assert caught.value.exit_code == 143 and str(caught.value) == "killed by SIGTERM"
+    assert caught.value.run_dir == str(tmp_path)
