@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,3 +53,9 @@ def artifacts(client, run_id: str, path: str = "") -> set[str]:
     for f in client.list_artifacts(run_id, path):
         out |= artifacts(client, run_id, f.path) if f.is_dir else {f.path}
     return out
+
+
+def tiny_train_cmd(tiny_bert: Path, *overrides: str) -> list[str]:
+    """`encoderlab train` as a subprocess command: the SST-2 recipe on the tiny BERT, small and quiet."""
+    model = f"model.name_or_path={tiny_bert}"
+    return [sys.executable, "-m", "encoderlab", "train", "experiment=sst2_minilm", model, *overrides, *FAST]

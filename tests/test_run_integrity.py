@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import FAST, all_runs
+from helpers import all_runs, tiny_train_cmd
 
 
 def _hydra_dirs(config_name: str, overrides: list[str]) -> tuple[str, str]:
@@ -60,21 +59,15 @@ def test_three_trains_started_together_keep_their_own_dirs_store_and_models(tiny
 
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "encoderlab",
-                "train",
-                "experiment=sst2_minilm",
-                f"model.name_or_path={tiny_bert}",
+            tiny_train_cmd(
+                tiny_bert,
                 "dataset.max_train_samples=64",
                 "trainer.max_steps=3",
                 "optimizer.lr=1e-3",
                 "analysis=none",
                 "probes=none",
                 f"seed={seed}",  # different weights, so serving another run's model shows
-                *FAST,
-            ],
+            ),
             cwd=isolated,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

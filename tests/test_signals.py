@@ -6,12 +6,11 @@ from __future__ import annotations
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
-from helpers import FAST, all_runs
+from helpers import FAST, all_runs, tiny_train_cmd
 
 pytestmark = pytest.mark.slow  # trains a tiny BERT in a subprocess
 
@@ -32,18 +31,7 @@ def training_started(db) -> bool:
 
 
 def train_then_signal(isolated, tiny_bert, signum: int) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "encoderlab",
-        "train",
-        "experiment=sst2_minilm",
-        f"model.name_or_path={tiny_bert}",
-        "trainer.max_epochs=200",
-        "trainer.log_every_n_steps=1",
-        "analysis=none",
-        *FAST,
-    ]
+    cmd = tiny_train_cmd(tiny_bert, "trainer.max_epochs=200", "trainer.log_every_n_steps=1", "analysis=none")
     proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 180
