@@ -393,8 +393,11 @@ def test_evaluate_on_the_runs_test_split_reproduces_its_test_metrics(trained, cl
     trained_metrics = MlflowClient(trained.tracking_uri).get_run(trained.run_id).data.metrics
     evaluated = run.data.metrics
     assert evaluated["data/test_rows"] == trained_metrics["data/test_rows"]
-    for name in ("test/accuracy", "test/f1_macro", "test/f1_weighted", "test/auroc", "report/accuracy"):
+    for name in ("test/accuracy", "test/f1_macro", "test/f1_weighted", "report/accuracy"):
         assert evaluated[name] == pytest.approx(trained_metrics[name], abs=1e-6), name
+    # AUROC ranks the scores: the tiny model's near-tied probabilities, computed in batches of another
+    # shape, can differ in the last float bits and swap a pair or two (one pair is ~1e-3 here)
+    assert evaluated["test/auroc"] == pytest.approx(trained_metrics["test/auroc"], abs=5e-3)
     assert evaluated["test/loss"] == pytest.approx(trained_metrics["test/loss"], abs=1e-4)
     assert "eval/accuracy" not in evaluated
 
