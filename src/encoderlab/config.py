@@ -87,6 +87,8 @@ class DatasetConfig:
     text_join: str = ". "
     text_pair_field: str | None = None
     label_field: str = "label"
+    encoding: str = "utf-8"  # of csv/jsonl files (e.g. latin-1, cp1252)
+    drop_empty: bool = False  # drop rows whose text is empty/missing (logged) instead of failing
     label_names: list[str] | None = None  # None: from the ClassLabel feature or sorted train labels
     max_length: int = 128
     # split building, applied in this order: pool -> per-class -> drop rare -> carve val -> caps

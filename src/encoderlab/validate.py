@@ -121,8 +121,11 @@ def _check_dataset(ds: DictConfig) -> None:
             )
     elif not isinstance(fields, str):
         _fail("dataset.text_field", fields, "a column name or a non-empty list of names")
-    if ds.val_size <= 0:
-        _fail("dataset.val_size", ds.val_size, "a fraction in (0, 1) or a row count >= 1")
+    for key in ("val_size", "test_size"):
+        size = ds[key]
+        if size is not None and not (0 < size < 1 or (size >= 1 and float(size).is_integer())):
+            _fail(f"dataset.{key}", size, "a fraction strictly between 0 and 1, or a whole row count >= 1")
+    _check_encoding(ds)
     if ds.max_length < 2:
         _fail("dataset.max_length", ds.max_length, "an integer >= 2")
     if ds.batch_size < 1 or ds.eval_batch_size < 1:
@@ -144,11 +147,31 @@ def _check_dataset(ds: DictConfig) -> None:
             f"Config error: dataset.path={ds.path!r} reads local files, but dataset.data_files is not set. "
             "Pass a path, a list, or a map such as dataset.data_files='{train: a.csv, test: b.csv}'."
         )
+    if (
+        isinstance(ds.data_files, DictConfig)
+        and ds.test_split is None
+        and ds.test_size is not None
+        and "test" in ds.data_files
+    ):
+        raise ConfigError(
+            f"Config error: dataset.data_files has a 'test' file ({ds.data_files.test}) and dataset.test_size="
+            f"{ds.test_size} asks to carve a test split from train: pick one, dataset.test_split=test to test on "
+            "the file, or drop the 'test' entry to carve one."
+        )
     if isinstance(ds.data_files, DictConfig) and ds.train_split not in ds.data_files:
         raise ConfigError(
             f"Config error: dataset.data_files has no '{ds.train_split}' entry (dataset.train_split); "
             f"it has: {', '.join(ds.data_files.keys())}."
         )
+
+
+def _check_encoding(ds: DictConfig) -> None:
+    import codecs
+
+    try:
+        codecs.lookup(ds.encoding)
+    except (LookupError, TypeError):
+        _fail("dataset.encoding", ds.encoding, "a Python codec name, e.g. utf-8, latin-1, cp1252, utf-16")
 
 
 def _is_number(value: object) -> bool:
@@ -162,6 +185,14 @@ def _check_training(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"Config error: '{group}' needs a '_target_' (the class or function to build, e.g. "
                 f"{EXAMPLE_TARGETS[group]}) and its arguments; pick an option of the {group} group."
+            )
+    for key, what in (("max_epochs", "epochs"), ("max_steps", "optimizer steps")):
+        value = cfg.trainer.get(key)
+        if _is_number(value) and (value == 0 or value < -1):
+            _fail(
+                f"trainer.{key}",
+                value,
+                f"a number of {what} >= 1, or -1 for no limit (0 would export an untrained model)",
             )
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:

@@ -26,7 +26,34 @@ def mirror_folder(name: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _rows(path: Path) -> int | None:
+TEXT_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt")
+
+
+def _check_decodes(path: Path, encoding: str) -> None:
+    """A csv/jsonl file that is not valid `encoding` text: name the file, the byte offset and the line,
+    instead of the reader's traceback."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset, line = 0, 1
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as ex:
+                at = offset + ex.start
+                line += chunk[: ex.start].count(b"\n")
+                raise EncoderlabError(
+                    f"{path} is not valid {encoding} text: byte 0x{chunk[ex.start]:02x} at byte offset {at} "
+                    f"(line {line}) cannot be decoded ({ex.reason}). Set the file's encoding with "
+                    f"dataset.encoding=<codec>, e.g. dataset.encoding=latin-1 (Western European) or "
+                    f"dataset.encoding=cp1252 (Windows), or re-save the file as UTF-8."
+                ) from ex
+            offset += len(chunk)
+            line += chunk.count(b"\n")
+
+
+def _rows(path: Path, encoding: str = "utf-8") -> int | None:
     """Row count of a local data file, when cheap to know (None: unknown or not local)."""
     if not path.is_file():
         return None
@@ -34,20 +61,22 @@ def _rows(path: Path) -> int | None:
         import pyarrow.parquet as pq
 
         return pq.read_metadata(path).num_rows
+    if path.suffix in TEXT_SUFFIXES:
+        _check_decodes(path, encoding)
     if path.suffix in (".csv", ".tsv"):
-        with path.open() as f:
+        with path.open(encoding=encoding) as f:
             return max(0, sum(1 for line in f if line.strip()) - 1)  # minus the header
     if path.suffix in (".json", ".jsonl"):
-        with path.open() as f:
+        with path.open(encoding=encoding) as f:
             return sum(1 for line in f if line.strip())
     return None
 
 
-def _check_not_empty(name: str, files: dict) -> None:
-    """`load_dataset` fails obscurely on a zero-row file; say which split is empty instead."""
+def _check_not_empty(name: str, files: dict, encoding: str = "utf-8") -> None:
+    """`load_dataset` fails obscurely on a zero-row or undecodable file; say which split and file instead."""
     for split, paths in files.items():
         paths = [paths] if isinstance(paths, str) else list(paths)
-        counts = [_rows(Path(p).expanduser()) for p in paths]
+        counts = [_rows(Path(p).expanduser(), encoding) for p in paths]
         if counts and all(c == 0 for c in counts):
             raise EncoderlabError(
                 f"The '{split}' split of dataset '{name}' ({', '.join(map(str, paths))}) is empty: it has no rows. "
@@ -73,7 +102,12 @@ def load_raw_splits(ds_cfg: DictConfig) -> DatasetDict:
             else ds_cfg.data_files
         )
         files = kwargs["data_files"]
-        _check_not_empty(ds_cfg.name, files if isinstance(files, dict) else {ds_cfg.train_split: files})
+        encoding = ds_cfg.get("encoding", "utf-8")
+        _check_not_empty(
+            ds_cfg.name, files if isinstance(files, dict) else {ds_cfg.train_split: files}, encoding
+        )
+        if ds_cfg.path in ("csv", "json"):
+            kwargs["encoding"] = encoding
     try:
         loaded = load_dataset(ds_cfg.path, ds_cfg.config_name, **kwargs)
     except Exception as ex:  # datasets raises many types (FileNotFound, ConnectionError, DatasetNotFound...)

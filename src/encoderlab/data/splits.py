@@ -7,6 +7,7 @@ per-class sampling -> dropping rare classes -> carving validation (stratified) -
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,6 +35,33 @@ def _text_fields(ds_cfg: DictConfig) -> list[str]:
     return list(tf) if isinstance(tf, (list, ListConfig)) else [tf]
 
 
+def _where(split: str, ds_cfg: DictConfig) -> str:
+    """The split as a user knows it: its file(s) when local, else the split of the named dataset."""
+    files = ds_cfg.data_files
+    if isinstance(files, (dict, DictConfig)):
+        files = files.get(split)
+    elif files is not None and split != ds_cfg.train_split:
+        files = None
+    if files is None:
+        return f"the '{split}' split of dataset '{ds_cfg.name}'"
+    names = [files] if isinstance(files, str) else [str(f) for f in files]
+    return f"the '{split}' split of dataset '{ds_cfg.name}' ({', '.join(names)})"
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _row_list(rows: list[int]) -> str:
+    """'rows 4, 8 and 3 more' from 1-based row numbers."""
+    shown = ", ".join(str(r) for r in rows[:5])
+    more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+ROW_CONVENTION = "rows are counted from 1, the header line not included"
+
+
 def _check_columns(split: str, ds: Dataset, ds_cfg: DictConfig) -> None:
     wanted = {f"dataset.text_field={f!r}": f for f in _text_fields(ds_cfg)}
     wanted[f"dataset.label_field={ds_cfg.label_field!r}"] = ds_cfg.label_field
@@ -56,17 +84,22 @@ def _label_names(train: Dataset, ds_cfg: DictConfig) -> list[str]:
     feature = train.features[ds_cfg.label_field]
     if isinstance(feature, ClassLabel):
         return list(feature.names)
-    values = [v for v in set(train[ds_cfg.label_field]) if v is not None]
+    values = [v for v in set(train[ds_cfg.label_field]) if not _missing(v)]
     if len(values) < 2:
+        found = f"only {str(values[0])!r}" if values else "none"
         raise EncoderlabError(
-            f"The train split of '{ds_cfg.name}' has {len(values)} distinct label(s) in column "
-            f"'{ds_cfg.label_field}'; classification needs at least 2."
+            f"{_where(ds_cfg.train_split, ds_cfg)[0].upper()}{_where(ds_cfg.train_split, ds_cfg)[1:]} has "
+            f"{len(values)} distinct label(s) in column '{ds_cfg.label_field}' ({found}); classification "
+            "needs at least 2 classes in the train split."
         )
     return [str(v) for v in sorted(values)]
 
 
-def _label_ids(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) -> np.ndarray:
-    """Map the label column to ids in `names`; a value outside the set is an error naming the row.
+def _label_ids(
+    split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str], source_rows: list[int] | None = None
+) -> np.ndarray:
+    """Map the label column to ids in `names`; a missing value or one outside the set is an error naming
+    the row (1-based, in the source file: `source_rows` maps rows back when some were dropped).
 
     Int labels (ClassLabel or declared names) are ids into `names`; strings are looked up by name.
     """
@@ -74,6 +107,14 @@ def _label_ids(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) ->
         ds.features[ds_cfg.label_field], ClassLabel
     )
     raw = ds[ds_cfg.label_field]
+    number = (lambda i: source_rows[i] + 1) if source_rows is not None else (lambda i: i + 1)
+    empty = [number(i) for i, v in enumerate(raw) if _missing(v)]
+    if empty:
+        raise EncoderlabError(
+            f"{len(empty)} row(s) of {_where(split, ds_cfg)} have no label in column '{ds_cfg.label_field}' "
+            f"(empty, NaN or null): {_row_list(empty)} ({ROW_CONVENTION}). Every row needs one of the "
+            "label names; fix or remove those rows."
+        )
     index = {n: i for i, n in enumerate(names)}
     ids = np.empty(len(raw), dtype=np.int64)
     for row, value in enumerate(raw):
@@ -85,19 +126,56 @@ def _label_ids(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) ->
         else:
             allowed = f"{names}" + (f" (or their ids 0..{len(names) - 1})" if ids_are_indices else "")
             raise EncoderlabError(
-                f"Row {row} of the '{split}' split of '{ds_cfg.name}' has label {value!r} in column "
+                f"Row {number(row)} ({ROW_CONVENTION}) of {_where(split, ds_cfg)} has label {value!r} in column "
                 f"'{ds_cfg.label_field}', which is not one of the label names {allowed}. "
                 "Fix the data or dataset.label_names."
             )
     return ids
 
 
-def _normalise(split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str]) -> Dataset:
+def _empty_texts(
+    split: str, ds: Dataset, ds_cfg: DictConfig, columns: list[str], notes: list[str]
+) -> tuple[Dataset, list[int] | None]:
+    """Rows whose text columns are all missing or blank (a text column joined from several counts as
+    empty when every part is), and a missing/blank text pair: an error naming them, or, with
+    dataset.drop_empty=true, dropped and counted. Returns the rows kept and their source row numbers."""
+    text_cols = [ds[c] for c in columns[: len(_text_fields(ds_cfg))]]
+    pair_col = ds[columns[-1]] if ds_cfg.text_pair_field else None
+
+    def blank(v: object) -> bool:
+        return _missing(v) or (isinstance(v, str) and not v.strip())
+
+    bad = [
+        i
+        for i in range(len(ds))
+        if all(blank(col[i]) for col in text_cols) or (pair_col is not None and blank(pair_col[i]))
+    ]
+    if not bad:
+        return ds, None
+    shown = ", ".join(columns)
+    if not ds_cfg.get("drop_empty", False):
+        raise EncoderlabError(
+            f"{len(bad)} of {len(ds)} rows of {_where(split, ds_cfg)} have an empty or missing text in "
+            f"{shown}: {_row_list([i + 1 for i in bad])} ({ROW_CONVENTION}). They would train as empty "
+            "strings. Fix those rows, or set dataset.drop_empty=true to drop them (the count is logged)."
+        )
+    keep = sorted(set(range(len(ds))) - set(bad))
+    message = f"dropped {len(bad)} rows with an empty text from split '{split}' (dataset.drop_empty)"
+    log.warning("%s: %s", message, _row_list([i + 1 for i in bad]))
+    notes.append(message)
+    return ds.select(keep).flatten_indices(), keep
+
+
+def _normalise(
+    split: str, ds: Dataset, ds_cfg: DictConfig, names: list[str], notes: list[str] | None = None
+) -> Dataset:
     """Keep only `text`, optional `text_pair` and int `labels`."""
     _check_columns(split, ds, ds_cfg)
-    ids = _label_ids(split, ds, ds_cfg, names)
     fields = _text_fields(ds_cfg)
     pair = ds_cfg.text_pair_field
+    notes = [] if notes is None else notes
+    ds, source_rows = _empty_texts(split, ds, ds_cfg, [*fields, *([pair] if pair else [])], notes)
+    ids = _label_ids(split, ds, ds_cfg, names, source_rows)
     joiner = ds_cfg.text_join
 
     def build(batch: dict) -> dict:
@@ -177,6 +255,60 @@ def _need_split(raw: DatasetDict, split: str, key: str, ds_cfg: DictConfig) -> D
     return raw[split]
 
 
+def _file_split(
+    kind: str, configured: str | None, carve: float | None, ds_cfg: DictConfig, notes: list[str]
+) -> str | None:
+    """The split to use as validation/test: the configured one, else a `validation`/`test` entry of a
+    local files map (dataset=csv with data_files {train, test}), unless that split is to be carved."""
+    files = ds_cfg.data_files
+    if configured is not None or carve is not None or ds_cfg.path not in ("csv", "json", "parquet"):
+        return configured
+    if not isinstance(files, (dict, DictConfig)) or kind not in files:
+        return None
+    notes.append(f"{kind} split: the '{kind}' file of dataset.data_files ({files[kind]})")
+    log.info("Using the '%s' entry of dataset.data_files (%s) as the %s split", kind, files[kind], kind)
+    return kind
+
+
+def _carve_rows(key: str, size: float, pool: int, ds_cfg: DictConfig, left: int | None = None) -> int:
+    """Rows to carve for dataset.<key> (a fraction of `pool` or a count) from a split of `left` rows;
+    an error in the user's terms when that leaves either side empty."""
+    left = pool if left is None else left
+    what = "validation" if key == "val_size" else "test"
+    if size < 1:
+        n = int(round(size * pool))
+        if 0 < n < left:
+            return n
+        need = next((m for m in range(2, 100_000) if 0 < round(size * m) < m), None)
+        raise EncoderlabError(
+            f"{_where(ds_cfg.train_split, ds_cfg)[0].upper()}{_where(ds_cfg.train_split, ds_cfg)[1:]} has "
+            f"{left} row(s) to carve from; a {what} split of {size:.0%} (dataset.{key}={size}) needs at least "
+            f"{need} rows, to leave at least one row on each side. Add data, or give a {what} file/split "
+            f"(dataset.{'validation_split' if what == 'validation' else 'test_split'})."
+        )
+    n = int(size)
+    if n < left:
+        return n
+    raise EncoderlabError(
+        f"dataset.{key}={n} asks for {n} {what} rows, but {_where(ds_cfg.train_split, ds_cfg)} has {left} "
+        f"row(s) to carve them from; it must leave at least one for training. Use a smaller count or a "
+        f"fraction in (0, 1)."
+    )
+
+
+def _check_train_classes(train: Dataset, names: list[str], ds_cfg: DictConfig) -> None:
+    """The final train split (after subsetting and carving) must hold at least 2 classes."""
+    present = sorted(set(train["labels"]))
+    if len(present) >= 2:
+        return
+    found = f"only class '{names[present[0]]}'" if present else "no rows"
+    raise EncoderlabError(
+        f"The train split of dataset '{ds_cfg.name}' has {found} ({len(train)} rows); a classifier needs at "
+        f"least 2 classes to learn from (label names: {', '.join(names)}). Add rows of the other classes, "
+        "or check dataset.label_field, train_pool_size, samples_per_class and max_train_samples."
+    )
+
+
 def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
     """Build the train/validation/test splits described by the dataset config."""
     notes: list[str] = []
@@ -187,20 +319,23 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
         )
     _check_columns(ds_cfg.train_split, train, ds_cfg)
     names = _label_names(train, ds_cfg)
-    train = _normalise(ds_cfg.train_split, train, ds_cfg, names)
+    train = _normalise(ds_cfg.train_split, train, ds_cfg, names, notes)
     for extra in ds_cfg.extra_train_splits:
-        more = _normalise(extra, _need_split(raw, extra, "dataset.extra_train_splits", ds_cfg), ds_cfg, names)
+        more = _need_split(raw, extra, "dataset.extra_train_splits", ds_cfg)
+        more = _normalise(extra, more, ds_cfg, names, notes)
         train = concatenate_datasets([train, more])
         notes.append(f"split '{extra}' ({len(more)} rows) concatenated into train")
 
     def given(split: str | None, key: str) -> Dataset | None:
         """The split named by dataset.<key>, normalised; None when the config names none."""
-        return (
-            None if split is None else _normalise(split, _need_split(raw, split, key, ds_cfg), ds_cfg, names)
-        )
+        if split is None:
+            return None
+        return _normalise(split, _need_split(raw, split, key, ds_cfg), ds_cfg, names, notes)
 
-    val = given(ds_cfg.validation_split, "dataset.validation_split")
-    test = given(ds_cfg.test_split, "dataset.test_split")
+    val_split = _file_split("validation", ds_cfg.validation_split, None, ds_cfg, notes)
+    test_split = _file_split("test", ds_cfg.test_split, ds_cfg.test_size, ds_cfg, notes)
+    val = given(val_split, "dataset.validation_split")
+    test = given(test_split, "dataset.test_split")
 
     if ds_cfg.train_pool_size is not None:
         train = _shuffle_take(train, ds_cfg.train_pool_size, ds_cfg.subset_seed)
@@ -235,10 +370,11 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
     pool, carved_test = len(train), False
     if test is None and ds_cfg.test_size is not None:
         carved_test = True
-        train, test = _stratified_carve(train, ds_cfg.test_size, ds_cfg.split_seed)
+        n_test = _carve_rows("test_size", ds_cfg.test_size, len(train), ds_cfg)
+        train, test = _stratified_carve(train, n_test, ds_cfg.split_seed)
         notes.append(f"test carved from train: {len(test)} rows (stratified, seed {ds_cfg.split_seed})")
     if val is None:
-        val_rows = round(ds_cfg.val_size * pool) if ds_cfg.val_size < 1 else ds_cfg.val_size
+        val_rows = _carve_rows("val_size", ds_cfg.val_size, pool, ds_cfg, left=len(train))
         train, val = _stratified_carve(
             train, val_rows, ds_cfg.split_seed + 1 if carved_test else ds_cfg.split_seed
         )
@@ -259,6 +395,7 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
                 f"max_test_samples={ds_cfg.max_test_samples}, train_pool_size={ds_cfg.train_pool_size}, "
                 f"samples_per_class={ds_cfg.samples_per_class}). Each split needs at least one row."
             )
+    _check_train_classes(train, names, ds_cfg)
     splits = DatasetDict(train=train, validation=val, test=test)
     log.info(
         "Dataset %s: %s; %s",
@@ -266,9 +403,7 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
         {k: len(v) for k, v in splits.items()},
         "; ".join(notes) or "splits as given",
     )
-    test_source = (
-        "validation" if test_is_validation else ("carved from train" if carved_test else ds_cfg.test_split)
-    )
+    test_source = "validation" if test_is_validation else ("carved from train" if carved_test else test_split)
     return PreparedSplits(
         splits=splits,
         label_names=names,
