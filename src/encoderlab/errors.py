@@ -59,6 +59,37 @@ def _missing_launcher_plugin(message: str) -> str | None:
     return None
 
 
+def yaml_error(ex: BaseException, path: object = None) -> ConfigError:
+    """A YAML syntax error as one paragraph naming the file and the line (PyYAML's own message says
+    "<unicode string>" for text it was handed rather than a file)."""
+    mark = getattr(ex, "problem_mark", None) or getattr(ex, "context_mark", None)
+    name = str(path) if path is not None else (getattr(mark, "name", None) or "a config file")
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = " ".join(str(getattr(ex, "problem", None) or ex).split())
+    context = getattr(ex, "context", None)
+    opened = getattr(ex, "context_mark", None)
+    if context and opened is not None and mark is not None and opened.line != mark.line:
+        context = f"{context} that starts at line {opened.line + 1}"
+    detail = f"{problem} ({' '.join(context.split())})" if context else problem
+    return ConfigError(
+        f"Config error: {name} is not valid YAML{where}: {detail}. Check that line and the one above it "
+        "(unclosed brackets or quotes, a missing ':' or space after it, tabs used for indentation)."
+    )
+
+
+def _yaml_cause(ex: BaseException) -> BaseException | None:
+    """The yaml.YAMLError in an exception's chain, if any."""
+    import yaml
+
+    seen = set()
+    while ex is not None and id(ex) not in seen:
+        if isinstance(ex, yaml.YAMLError):
+            return ex
+        seen.add(id(ex))
+        ex = ex.__cause__ or ex.__context__
+    return None
+
+
 def heads_error(d_model: int, n_heads: int) -> ConfigError:
     """n_heads must divide d_model: said once, for the config check and for ScratchConfig."""
     divisors = ", ".join(str(h) for h in range(1, 65) if d_model % h == 0)
@@ -161,6 +192,9 @@ def format_config_error(ex: BaseException) -> str | None:
         ValidationError,
     )
 
+    yaml_ex = _yaml_cause(ex)
+    if yaml_ex is not None:
+        return str(yaml_error(yaml_ex))
     if isinstance(ex, MissingConfigException):
         first = str(ex).strip().split("\n")[0]
         plugin = _missing_launcher_plugin(first)

@@ -21,7 +21,8 @@ from encoderlab.analysis.report import predictions_frame
 from encoderlab.data.datamodule import TextClassificationDataModule
 from encoderlab.errors import EncoderlabError
 from encoderlab.inference import predict_proba
-from encoderlab.models.trained import load_model
+from encoderlab.models.files import check_model_dir
+from encoderlab.models.trained import load_model, resolve_model_dir
 from encoderlab.tracking import TrackedRun
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ def split_metrics(probs: np.ndarray, y_true: np.ndarray, num_classes: int, split
 def evaluate(cfg: DictConfig) -> float:
     """Report a trained model on cfg.split of cfg.dataset; returns its accuracy."""
     run_dir = Path(cfg.output_dir).resolve()
+    if Path(cfg.source).expanduser().exists():  # a model directory's files, before the run opens
+        check_model_dir(resolve_model_dir(cfg.source)[0], "Model directory")
     with TrackedRun(cfg, run_dir, command="evaluate") as run:
         # ---- model -----------------------------------------------------------------------------------
         loaded = load_model(cfg.source, cfg.logger.tracking_uri)

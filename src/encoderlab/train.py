@@ -29,6 +29,7 @@ from encoderlab.callbacks import DivergenceGuard, Throughput
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
+from encoderlab.models.files import check_model_source, check_vocabulary
 from encoderlab.models.hf_encoder import HFEncoderClassifier
 from encoderlab.models.scratch import ScratchEncoder
 from encoderlab.models.trained import write_metadata
@@ -165,13 +166,21 @@ def setup_data(cfg: DictConfig, run: TrackedRun) -> tuple[TextClassificationData
 
 def setup_model(cfg: DictConfig, dm: TextClassificationDataModule, tokenizer, run: TrackedRun):
     """The encoder (cfg.model) inside the LightningModule with the optimizer and scheduler partials."""
-    net = instantiate(
-        cfg.model,
-        num_labels=dm.num_labels,
-        id2label=dict(enumerate(dm.label_names)),
-        tokenizer=tokenizer,
-        _convert_="all",
-    )
+    from hydra.errors import InstantiationException
+
+    try:
+        net = instantiate(
+            cfg.model,
+            num_labels=dm.num_labels,
+            id2label=dict(enumerate(dm.label_names)),
+            tokenizer=tokenizer,
+            _convert_="all",
+        )
+    except InstantiationException as ex:  # Hydra wraps the model's own message: report that one
+        if isinstance(ex.__cause__, EncoderlabError):
+            raise ex.__cause__ from None
+        raise
+    check_vocabulary(net, tokenizer)
     module = SequenceClassifier(
         net,
         dm.label_names,
@@ -314,6 +323,7 @@ def train(
     `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run."""
     started_at = encoderlab.run_started_at()
     check_targets(cfg)  # a wrong trainer/optimizer/scheduler/callback key fails here, before any run or data
+    check_model_source(cfg)  # a local model directory's files and position limit, before the run opens
     run_dir = Path(cfg.output_dir).resolve()
     _tidy_lightning_output()
     L.seed_everything(cfg.seed, workers=True)

@@ -19,7 +19,6 @@ from encoderlab.errors import EncoderlabError
 
 METADATA_FILE = "encoderlab.json"
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 @dataclass
@@ -120,13 +119,10 @@ def load_model(source: str, tracking_uri: str | None = None) -> LoadedModel:
     """The model, tokenizer and label names of a run id, run directory or exported model directory."""
     from transformers import AutoTokenizer
 
+    from encoderlab.models.files import check_model_dir
+
     directory, run_id = resolve_model_dir(source, tracking_uri)
-    if not any((directory / w).is_file() for w in _WEIGHTS):
-        raise EncoderlabError(
-            f"Model directory {directory} has a config.json but no weights ({' or '.join(_WEIGHTS)}): "
-            "was the save interrupted, or were the weights left out of the copy?"
-        )
-    config = json.loads((directory / "config.json").read_text())
+    config = check_model_dir(directory, "Model directory")
     meta = (
         json.loads((directory / METADATA_FILE).read_text()) if (directory / METADATA_FILE).is_file() else {}
     )

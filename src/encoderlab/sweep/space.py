@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from encoderlab.errors import ConfigError
+from encoderlab.errors import ConfigError, yaml_error
 from encoderlab.sweep.study import PRUNERS, SAMPLERS, make_pruner, make_sampler, optuna_class
 
 PARAM_TYPES = ("float", "int", "categorical")
@@ -68,7 +68,15 @@ def load_space(name: str) -> Space:
             f"Config error: no search space 'sweep={name}'. Available: {', '.join(available) or 'none'} "
             "(files sweeps/<name>.yaml in the current directory or in encoderlab)."
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as ex:
+        raise yaml_error(ex, path) from ex
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"Config error: {path} must be a mapping with the sections base, study and params; "
+            f"it holds a {type(raw).__name__}."
+        )
     unknown = set(raw) - {"base", "study", "params"}
     if unknown:
         raise ConfigError(
