@@ -59,7 +59,10 @@ def _row_list(rows: list[int]) -> str:
     return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
-ROW_CONVENTION = "rows are counted from 1, the header line not included"
+def _convention(ds_cfg: DictConfig) -> str:
+    """How the row numbers of a message count."""
+    header = ", the header line not included" if ds_cfg.path == "csv" else ""
+    return f"rows are counted from 1{header}"
 
 
 def _check_columns(split: str, ds: Dataset, ds_cfg: DictConfig) -> None:
@@ -112,7 +115,7 @@ def _label_ids(
     if empty:
         raise EncoderlabError(
             f"{len(empty)} row(s) of {_where(split, ds_cfg)} have no label in column '{ds_cfg.label_field}' "
-            f"(empty, NaN or null): {_row_list(empty)} ({ROW_CONVENTION}). Every row needs one of the "
+            f"(empty, NaN or null): {_row_list(empty)} ({_convention(ds_cfg)}). Every row needs one of the "
             "label names; fix or remove those rows."
         )
     index = {n: i for i, n in enumerate(names)}
@@ -126,7 +129,7 @@ def _label_ids(
         else:
             allowed = f"{names}" + (f" (or their ids 0..{len(names) - 1})" if ids_are_indices else "")
             raise EncoderlabError(
-                f"Row {number(row)} ({ROW_CONVENTION}) of {_where(split, ds_cfg)} has label {value!r} in column "
+                f"Row {number(row)} ({_convention(ds_cfg)}) of {_where(split, ds_cfg)} has label {value!r} in column "
                 f"'{ds_cfg.label_field}', which is not one of the label names {allowed}. "
                 "Fix the data or dataset.label_names."
             )
@@ -156,7 +159,7 @@ def _empty_texts(
     if not ds_cfg.get("drop_empty", False):
         raise EncoderlabError(
             f"{len(bad)} of {len(ds)} rows of {_where(split, ds_cfg)} have an empty or missing text in "
-            f"{shown}: {_row_list([i + 1 for i in bad])} ({ROW_CONVENTION}). They would train as empty "
+            f"{shown}: {_row_list([i + 1 for i in bad])} ({_convention(ds_cfg)}). They would train as empty "
             "strings. Fix those rows, or set dataset.drop_empty=true to drop them (the count is logged)."
         )
     keep = sorted(set(range(len(ds))) - set(bad))
