@@ -245,7 +245,7 @@ def test_int_labels_with_declared_names():
 def test_int_label_outside_declared_names_names_the_row():
     data = {"text": ["a", "b", "c", "d"], "label": [0, 1, 3, 1]}
     raw = DatasetDict(train=Dataset.from_dict(data))
-    with pytest.raises(EncoderlabError, match=r"Row 2 .*label 3 .*0\.\.1"):
+    with pytest.raises(EncoderlabError, match=r"Row 3 .*label 3 .*0\.\.1"):  # counted from 1
         prepare_splits(raw, local_cfg("dataset.label_names=[neg,pos]"))
 
 
@@ -378,6 +378,66 @@ def test_no_test_split_reports_on_validation():
     assert out.test_is_validation
     assert len(out.splits["validation"]) == 40
     assert col(out.splits["test"], "text") == col(out.splits["validation"], "text")
+
+
+def _csv_files(tmp_path, **splits: dict) -> str:
+    """Write {split: columns} as csv files; the dataset.data_files map for them."""
+    for split, columns in splits.items():
+        pd.DataFrame(columns).to_csv(tmp_path / f"{split}.csv", index=False)
+    return "{" + ", ".join(f"{s}: {tmp_path / s}.csv" for s in splits) + "}"
+
+
+def test_a_test_file_in_the_files_map_is_the_test_split(tmp_path):
+    files = _csv_files(
+        tmp_path,
+        train=synthetic({"a": 20, "b": 20}),
+        test=synthetic({"a": 3, "b": 3}, prefix="test"),
+        validation=synthetic({"a": 2, "b": 2}, prefix="val"),
+    )
+    cfg = dataset_cfg("dataset=csv", f"dataset.data_files={files}")
+    assert cfg.test_split is None and cfg.validation_split is None  # the csv config names neither
+    out = prepare_splits(load_raw_splits(cfg), cfg)
+    assert not out.test_is_validation and out.test_source == "test"
+    assert col(out.splits["test"], "text") == synthetic({"a": 3, "b": 3}, prefix="test")["text"]
+    assert len(out.splits["validation"]) == 4 and len(out.splits["train"]) == 40  # nothing carved
+    assert any("'test' file of dataset.data_files" in n for n in out.notes)
+
+
+def test_empty_texts_are_an_error_naming_rows_or_dropped_with_drop_empty(tmp_path):
+    data = synthetic({"a": 20, "b": 20})
+    data["text"][4] = None
+    data["text"][11] = "  "
+    files = _csv_files(tmp_path, train=data)
+    cfg = dataset_cfg("dataset=csv", f"dataset.data_files={files}")
+    with pytest.raises(EncoderlabError, match=r"2 of 40 rows .*train.csv.*rows 5, 12 .*drop_empty=true"):
+        prepare_splits(load_raw_splits(cfg), cfg)
+    cfg = dataset_cfg("dataset=csv", f"dataset.data_files={files}", "dataset.drop_empty=true")
+    out = prepare_splits(load_raw_splits(cfg), cfg)
+    kept = [*col(out.splits["train"], "text"), *col(out.splits["validation"], "text")]
+    assert len(kept) == 38 and all(t.strip() for t in kept)
+    assert any("dropped 2 rows with an empty text" in n for n in out.notes)
+
+
+def test_a_latin1_file_reads_with_dataset_encoding(tmp_path):
+    (tmp_path / "train.csv").write_bytes("text,label\ncaf\xe9,a\nna\xefve,b\n".encode("latin-1") * 1)
+    with (tmp_path / "train.csv").open("ab") as f:
+        f.write("".join(f"row {i},{'ab'[i % 2]}\n" for i in range(20)).encode("latin-1"))
+    files = f"dataset.data_files={tmp_path / 'train.csv'}"
+    with pytest.raises(EncoderlabError, match=r"train.csv is not valid utf-8.*byte offset 14 \(line 2\)"):
+        load_raw_splits(dataset_cfg("dataset=csv", files))
+    cfg = dataset_cfg("dataset=csv", files, "dataset.encoding=latin-1")
+    out = prepare_splits(load_raw_splits(cfg), cfg)
+    texts = [*col(out.splits["train"], "text"), *col(out.splits["validation"], "text")]
+    assert {"café", "naïve"} <= set(texts)
+
+
+def test_a_missing_label_names_its_row_counted_from_1():
+    data = {"text": ["a", "b", "c", "d"], "label": ["x", "y", None, "x"]}
+    raw = DatasetDict(train=Dataset.from_dict(data))
+    with pytest.raises(
+        EncoderlabError, match=r"no label in column 'label' .*: row 3 \(rows are counted from 1"
+    ):
+        prepare_splits(raw, local_cfg())
 
 
 # ---- tokenization and batches -------------------------------------------------------------------

@@ -39,6 +39,20 @@ def run_hydra(argv: list[str], config_name: str, task: Callable, prog: str) -> i
     from encoderlab.multirun import close_open_parent
 
     register_configs()
+    failed: list[EncoderlabError] = []
+    if not any(a in ("-m", "--multirun") or a.startswith("hydra.mode=") for a in argv):
+        import functools
+
+        inner = task
+
+        @functools.wraps(inner)  # Hydra names the job (and its log file) after the task's module
+        def task(cfg):  # noqa: F811  (one run: keep Hydra's "Error executing job with overrides" line away)
+            try:
+                return inner(cfg)
+            except EncoderlabError as ex:
+                failed.append(ex)
+                return None
+
     main_fn = hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name=config_name)(task)
     user_full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let exceptions reach us instead of Hydra's own printer
@@ -46,6 +60,8 @@ def run_hydra(argv: list[str], config_name: str, task: Callable, prog: str) -> i
     sys.argv = [prog, *argv]
     try:
         main_fn()
+        if failed:
+            raise failed[0]
     except EncoderlabError as ex:
         if user_full_error:
             raise
