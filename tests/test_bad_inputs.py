@@ -336,13 +336,16 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def matrix_rows() -> list[tuple[str, int, str]]:
-    rows: list[tuple[str, int, str]] = []
+def matrix_rows() -> list[tuple[str, int, str, str]]:
+    rows: list[tuple[str, int, str, str]] = []
     yield rows
     target = os.environ.get("ENCODERLAB_MATRIX")
     if target and rows:
-        lines = ["| case | exit | first line of the message |", "|---|---|---|"]
-        lines += [f"| {case} | {code} | {message.replace('|', '/')} |" for case, code, message in rows]
+        lines = ["| case | exit | MLflow runs | message |", "|---|---|---|---|"]
+        lines += [
+            f"| {case} | {code} | {runs} | {message.replace('|', '/')} |"
+            for case, code, message, runs in rows
+        ]
         Path(target).write_text("\n".join(lines) + "\n")
 
 
@@ -380,12 +383,12 @@ def test_bad_input(
     assert errors, res.err
     assert errors[0].startswith(("error: ", "encoderlab ")), res.err  # argparse: "encoderlab <cmd>: error:"
     message = errors[0].split("error: ", 1)[1]
-    matrix_rows.append((case, res.code, message))
+    runs = all_runs(MlflowClient(f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}"))
+    matrix_rows.append((case, res.code, message, ", ".join(r.info.status for r in runs) or "none"))
     assert res.code == code, res.err
     assert "Traceback" not in err and "Error executing job" not in err, res.err
     for word in words:
         assert word in message, f"{word!r} missing from: {message}"
-    runs = all_runs(MlflowClient(f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}"))
     assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
     if code == 2:  # a config error stops before any run opens
         assert runs == []
