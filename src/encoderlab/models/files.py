@@ -94,7 +94,11 @@ def check_model_source(cfg: DictConfig) -> None:
     """Before a training run opens: a local `model.name_or_path` directory holds an intact model, and
     `dataset.max_length` fits its position embeddings. Hub ids are left to the load (they need the
     network or its cache)."""
-    name = cfg.model.get("name_or_path") if isinstance(cfg.model, DictConfig) else None
+    from encoderlab.config import HFModelConfig
+
+    if not isinstance(cfg.model, DictConfig) or cfg.model.get("_target_") != HFModelConfig._target_:
+        return  # a model class of the user's own: its files are its business
+    name = cfg.model.get("name_or_path")
     if not isinstance(name, str):
         return
     from encoderlab.models.hf_encoder import resolve_source
