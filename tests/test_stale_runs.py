@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -193,38 +194,84 @@ def test_a_run_ended_by_oom_is_failed_with_the_message(isolated, mlflow_client):
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
-    """A 2 MiB tmpfs: the run directory fills it during training."""
-    mnt = tmp_path / "tiny_disk"
-    mnt.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+def tmpfs(tmp_path):
+    """mount(size) -> a fresh tmpfs of that size (e.g. "256k"), unmounted after the test."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        mnt = tmp_path / f"disk{len(mounted)}"
+        mnt.mkdir()
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.decode().strip()}")
+        mounted.append(mnt)
+        return mnt
+
     try:
-        yield mnt
+        yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+        for mnt in mounted:
+            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-@pytest.mark.slow
-def test_a_full_disk_fails_the_run_with_one_message(isolated, tiny_bert, tiny_disk, mlflow_client):
-    run_dir = tiny_disk / "run"
-    cmd = tiny_train_cmd(
+def _train_small(tiny_bert: Path, *overrides: str) -> list[str]:
+    return tiny_train_cmd(
         tiny_bert,
-        "trainer.max_steps=4",
+        "trainer.max_epochs=1",
         "dataset.max_train_samples=64",
         "analysis=none",
         "probes=none",
         "num_threads=1",
-        f"hydra.run.dir={run_dir}",
+        *overrides,
     )
+
+
+def _one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    (line,) = [ln for ln in stderr.splitlines() if ln.startswith("error: ")]
+    return line
+
+
+@pytest.mark.slow
+def test_a_full_disk_fails_the_run_with_one_message(isolated, tiny_bert, tmpfs, mlflow_client):
+    """The run directory on a 256 KiB disk: the export of the trained model fills it."""
+    disk = tmpfs("256k")
+    cmd = _train_small(tiny_bert, f"hydra.run.dir={disk / 'run'}")
     res = subprocess.run(cmd, cwd=isolated, capture_output=True, text=True, timeout=300)
     assert res.returncode == 1, res.stderr[-3000:]
-    assert "Traceback" not in res.stderr
-    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("error: ")]
-    assert line.startswith(f"error: Disk full: no space left on the filesystem of {tiny_disk}")
+    line = _one_error_line(res.stderr)
+    assert line.startswith(f"error: Disk full: no space left on the filesystem of {disk}")
+    assert " free of 256.0 KiB" in line
     (run,) = all_runs(mlflow_client)  # the store is on another disk: the run is marked
     assert run.info.status == "FAILED"
     assert run.data.tags["encoderlab.error"].startswith("Disk full: no space left")
-    assert (isolated / "outputs" / "mlflow.db").exists()
-    assert Path(line.rsplit("The traceback is in ", 1)[1].rstrip(".")).parent == run_dir
+    log_file = Path(line.rsplit("The traceback is in ", 1)[1].rstrip("."))
+    assert log_file.parent == disk / "run" and "Traceback" in log_file.read_text()
+
+
+@pytest.mark.slow
+def test_a_full_disk_under_the_store_too_is_one_message_and_the_next_command_marks_the_run(
+    tiny_bert, tmpfs, cli
+):
+    """Everything (store, artifacts, run directory) on a disk that fills while the run logs its model:
+    marking the run fails too, and is said in one line; once there is room, the next command marks it."""
+    disk = tmpfs("1500k")
+    res = subprocess.run(_train_small(tiny_bert), cwd=disk, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert _one_error_line(res.stderr).startswith(
+        f"error: Disk full: no space left on the filesystem of {disk}"
+    )
+    assert len(res.stderr.splitlines()) < 30  # not hundreds of lines of chained tracebacks
+    assert "could not be marked FAILED (OperationalError: database or disk is full)" in res.stdout
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{disk / 'outputs' / 'mlflow.db'}"
+    (run,) = all_runs(MlflowClient(uri))
+    assert run.info.status == "RUNNING"
+
+    shutil.rmtree(disk / "outputs" / "runs")  # room again
+    cli("table", "--tracking-uri", uri, "--experiment", "sst2_minilm")
+    run = MlflowClient(uri).get_run(run.info.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["encoderlab.error"].startswith("process died")

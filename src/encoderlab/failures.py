@@ -78,15 +78,17 @@ def _disk_full(exc: BaseException, run_dir: Path | None) -> str | None:
             hit = hit or e
     if hit is None:
         return None
-    filename = getattr(hit, "filename", None)
+    # a copy's destination (filename2) is where the space ran out
+    filename = getattr(hit, "filename2", None) or getattr(hit, "filename", None)
     path = Path(filename) if filename else (run_dir or Path.cwd())
     where = f"the filesystem of {path}"
     try:
         usage = shutil.disk_usage(_existing(path))
-        where += f" ({_size(usage.free)} free of {_size(usage.total)})"
+        where += f" (now {_size(usage.free)} free of {_size(usage.total)})"
     except OSError:
         pass
-    first = " ".join(str(hit).split())[:200]
+    detail = getattr(hit, "strerror", None) if isinstance(hit, OSError) else None
+    first = detail or " ".join(str(hit).split())[:200]
     return (
         f"Disk full: no space left on {where} ({type(hit).__name__}: {first}). Free space there, or send "
         "the run's files to a disk with room (the run directory: hydra.run.dir=DIR; MLflow's artifacts: "
@@ -173,8 +175,10 @@ def traceback_to_log_files(exc: BaseException, message: str = "The failure's tra
     written = []
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
+            before = getattr(handler.handleError, "failures", 0)
             handler.handle(record)
-            written.append(Path(handler.baseFilename))
+            if getattr(handler.handleError, "failures", 0) == before:  # else its disk is full too
+                written.append(Path(handler.baseFilename))
     return written
 
 
@@ -189,10 +193,10 @@ def quiet_log_file_errors() -> None:
 
 class _QuietError:
     def __init__(self, handler: logging.FileHandler) -> None:
-        self.handler, self.said = handler, False
+        self.handler, self.failures = handler, 0
 
     def __call__(self, record: logging.LogRecord) -> None:
-        if not self.said:
-            self.said = True
+        self.failures += 1
+        if self.failures == 1:
             ex = sys.exc_info()[1]
             print(f"encoderlab: cannot write the log file {self.handler.baseFilename}: {ex}", file=sys.stderr)

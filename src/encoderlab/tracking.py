@@ -79,7 +79,8 @@ def tracking_client(uri: str | None = None, stale_after_s: float = STALE_AFTER_S
     uri = uri or default_tracking_uri()
     client = open_store(uri, lambda: MlflowClient(uri))
     try:
-        mark_stale_runs(client, stale_after_s)
+        with quiet_store_errors():
+            mark_stale_runs(client, stale_after_s)
     except Exception as ex:  # bookkeeping: never the reason a command fails
         log.warning(
             "Could not check %s for runs whose process died: %s", uri, " ".join(str(ex).split())[:300]
@@ -88,6 +89,35 @@ def tracking_client(uri: str | None = None, stale_after_s: float = STALE_AFTER_S
 
 
 # ---- process records and stale runs --------------------------------------------------------------
+_quiet = threading.local()
+
+
+class _StoreErrorFilter(logging.Filter):
+    """MLflow's SQL store logs each database error with its traceback before raising it. encoderlab says
+    what went wrong itself where a store error is expected: drop those records from the heartbeat
+    thread and inside `quiet_store_errors()`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName == "encoderlab-heartbeat" or getattr(_quiet, "on", False))
+
+
+def _install_store_error_filter() -> None:
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _StoreErrorFilter) for f in store_log.filters):
+        store_log.addFilter(_StoreErrorFilter())
+
+
+class quiet_store_errors:
+    """A block whose store errors encoderlab reports itself (one line, no traceback from MLflow)."""
+
+    def __enter__(self) -> None:
+        _install_store_error_filter()
+        self.previous, _quiet.on = getattr(_quiet, "on", False), True
+
+    def __exit__(self, *exc: object) -> None:
+        _quiet.on = self.previous
+
+
 HOST_TAG, PID_TAG, PID_STARTED_TAG = "encoderlab.host", "encoderlab.pid", "encoderlab.pid_started"
 HEARTBEAT_TAG, HEARTBEAT_S_TAG = "encoderlab.heartbeat", "encoderlab.heartbeat_s"
 
@@ -214,6 +244,7 @@ class Heartbeat:
 
     def start(self) -> Heartbeat:
         if self.interval_s > 0:
+            _install_store_error_filter()
             self._thread = threading.Thread(target=self._beat, name="encoderlab-heartbeat", daemon=True)
             self._thread.start()
         return self
@@ -547,13 +578,18 @@ class TrackedRun:
             self._close(exc)
             return None
         try:
-            self._close(exc, failure)
+            with quiet_store_errors():  # the same full disk or dead server: said once, below
+                self._close(exc, failure)
         except Exception as ex:
+            root = ex
+            while root.__cause__ is not None:  # e.g. sqlite3's "database or disk is full"
+                root = root.__cause__
             log.warning(
-                "MLflow run %s could not be marked FAILED (%s); the next encoderlab command that opens "
-                "the store marks it once this process has ended",
+                "MLflow run %s could not be marked FAILED (%s: %s); the next encoderlab command that "
+                "opens the store marks it once this process has ended",
                 self.run_id,
-                " ".join(str(ex).split())[:300],
+                type(root).__name__,
+                " ".join(str(root).split())[:200],
             )
         return failure
 
