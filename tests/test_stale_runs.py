@@ -36,6 +36,7 @@ def test_opening_the_store_marks_only_the_runs_whose_process_provably_died(mlflo
     runs = {
         "other host, silent for an hour": _tags("elsewhere", 4242, now - 3600),
         "other host, fresh heartbeat": _tags("elsewhere", 4242, now - 5),
+        "other host, heartbeat off": {**_tags("elsewhere", 4242, now - 3600), "encoderlab.heartbeat_s": "0"},
         "another tool's run": {},
         "this live process": _tags(socket.gethostname(), os.getpid(), now, me.create_time()),
         "this pid, reused by a newer process": _tags(socket.gethostname(), os.getpid(), now - 60, 1000.0),
@@ -52,6 +53,7 @@ def test_opening_the_store_marks_only_the_runs_whose_process_provably_died(mlflo
     assert {name: r.info.status for name, r in status.items()} == {
         "other host, silent for an hour": "FAILED",
         "other host, fresh heartbeat": "RUNNING",
+        "other host, heartbeat off": "RUNNING",
         "another tool's run": "RUNNING",
         "this live process": "RUNNING",
         "this pid, reused by a newer process": "FAILED",
@@ -275,3 +277,29 @@ def test_a_full_disk_under_the_store_too_is_one_message_and_the_next_command_mar
     cli("table", "--tracking-uri", uri, "--experiment", "sst2_minilm")
     run = MlflowClient(uri).get_run(run.info.run_id)
     assert run.info.status == "FAILED" and run.data.tags["encoderlab.error"].startswith("process died")
+
+
+def test_a_sweeps_workers_leave_the_parent_run_to_the_sweep_process(isolated, mlflow_client):
+    """Workers reopen the parent run a living sweep process owns: they neither take it over nor beat for
+    it. A study resumed after its process died takes the (then FAILED) parent run back."""
+    from encoderlab.tracking import ParentRun
+
+    logger = OmegaConf.create({"tracking_uri": None, "artifact_location": None, "heartbeat_s": 30})
+    find_by = {"encoderlab.study": "s"}
+    opened = [ParentRun.open(logger, "exp", "s-study", {}, find_by) for _ in range(2)]
+    owner, worker = opened
+    try:
+        assert worker.run_id == owner.run_id
+        assert owner.heartbeat is not None and worker.heartbeat is None
+        assert mlflow_client.get_run(owner.run_id).data.tags["encoderlab.pid"] == str(os.getpid())
+
+        mlflow_client.set_tag(owner.run_id, "encoderlab.pid", "999999999")  # the sweep process died
+        resumed = ParentRun.open(logger, "exp", "s-study", {}, find_by)
+        opened.append(resumed)
+        run = mlflow_client.get_run(resumed.run_id)
+        assert resumed.run_id == owner.run_id and run.info.status == "RUNNING"
+        assert run.data.tags["encoderlab.error"].startswith("process died")  # marked on the way in
+        assert run.data.tags["encoderlab.pid"] == str(os.getpid()) and resumed.heartbeat is not None
+    finally:
+        for parent in opened:
+            parent.stop_heartbeat()

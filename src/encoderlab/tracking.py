@@ -187,9 +187,10 @@ def stale_reason(tags: dict[str, str], stale_after_s: float, now: float | None =
             return None
         detail = ", now another process's" if state == "reused" else ""
         return f"process died (host {host}, pid {pid}{detail}, {last})"
-    if beat is None:
+    interval = _float(tags.get(HEARTBEAT_S_TAG))
+    if beat is None or interval == 0:  # logger.heartbeat_s=0: silence says nothing
         return None
-    limit = max(stale_after_s, 3 * (_float(tags.get(HEARTBEAT_S_TAG)) or 0))
+    limit = max(stale_after_s, 3 * (interval or 0))
     if now - beat <= limit:
         return None
     return f"process died (host {host}, pid {pid}, {last}; no heartbeat for over {limit:.0f} s)"
