@@ -77,3 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     except Killed as ex:  # SIGTERM / SIGINT during a run: it is marked KILLED; exit like the signal would
         print(ex.message(), file=sys.stderr)
         return ex.exit_code
+    except Exception as ex:  # a full disk, memory, the tracking store: one paragraph; a bug: its traceback
+        from encoderlab.failures import describe_failure
+
+        message = describe_failure(ex)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1

@@ -69,6 +69,14 @@ def run_hydra(argv: list[str], config_name: str, task: Callable, prog: str) -> i
         return 2 if isinstance(ex, ConfigError) else 1
     except Exception as ex:
         message = format_config_error(ex)
+        if message is None and not user_full_error:  # a full disk, memory, the tracking store
+            from encoderlab.failures import describe_failure, traceback_to_log_files
+
+            failure = describe_failure(ex)
+            if failure is not None:
+                traceback_to_log_files(ex)
+                print(f"error: {failure}", file=sys.stderr)
+                return 1
         if message is None or user_full_error:
             raise
         print(f"error: {message}", file=sys.stderr)

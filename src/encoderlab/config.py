@@ -133,6 +133,8 @@ class LoggerConfig:
     log_checkpoint: bool = False  # the Lightning .ckpt (large: weights + optimizer state)
     log_predictions: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    heartbeat_s: float = 30  # a RUNNING run's `encoderlab.heartbeat` tag is refreshed this often; 0: off
+    stale_after_s: float = 600  # a run on another host silent this long is marked FAILED ("process died")
 
 
 @dataclass

@@ -6,8 +6,10 @@ import importlib.metadata
 import logging
 import os
 import shlex
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import encoderlab
 from encoderlab.errors import EncoderlabError
+from encoderlab.failures import RunFailed, describe_failure, quiet_log_file_errors, traceback_to_log_files
 from encoderlab.signals import Killed, SignalHandlers, signal_of
 from encoderlab.signals import reason as signal_reason
 
@@ -65,12 +68,200 @@ def open_store(url: str, opener: Callable[[], T], attempts: int = 5) -> T:
     raise AssertionError("unreachable")
 
 
-def tracking_client(uri: str | None = None):
-    """An MlflowClient on `uri` (default_tracking_uri() when None), its store created safely (open_store)."""
+STALE_AFTER_S = 600.0  # logger.stale_after_s's default: a run on another host silent this long died
+
+
+def tracking_client(uri: str | None = None, stale_after_s: float = STALE_AFTER_S):
+    """An MlflowClient on `uri` (default_tracking_uri() when None), its store created safely (open_store);
+    RUNNING runs whose process provably died are marked FAILED first (mark_stale_runs)."""
     from mlflow.tracking import MlflowClient
 
     uri = uri or default_tracking_uri()
-    return open_store(uri, lambda: MlflowClient(uri))
+    client = open_store(uri, lambda: MlflowClient(uri))
+    try:
+        with quiet_store_errors():
+            mark_stale_runs(client, stale_after_s)
+    except Exception as ex:  # bookkeeping: never the reason a command fails
+        log.warning(
+            "Could not check %s for runs whose process died: %s", uri, " ".join(str(ex).split())[:300]
+        )
+    return client
+
+
+# ---- process records and stale runs --------------------------------------------------------------
+_quiet = threading.local()
+
+
+class _StoreErrorFilter(logging.Filter):
+    """MLflow's SQL store logs each database error with its traceback before raising it. encoderlab says
+    what went wrong itself where a store error is expected: drop those records from the heartbeat
+    thread and inside `quiet_store_errors()`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.threadName == "encoderlab-heartbeat" or getattr(_quiet, "on", False))
+
+
+def _install_store_error_filter() -> None:
+    store_log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _StoreErrorFilter) for f in store_log.filters):
+        store_log.addFilter(_StoreErrorFilter())
+
+
+class quiet_store_errors:
+    """A block whose store errors encoderlab reports itself (one line, no traceback from MLflow)."""
+
+    def __enter__(self) -> None:
+        _install_store_error_filter()
+        self.previous, _quiet.on = getattr(_quiet, "on", False), True
+
+    def __exit__(self, *exc: object) -> None:
+        _quiet.on = self.previous
+
+
+HOST_TAG, PID_TAG, PID_STARTED_TAG = "encoderlab.host", "encoderlab.pid", "encoderlab.pid_started"
+HEARTBEAT_TAG, HEARTBEAT_S_TAG = "encoderlab.heartbeat", "encoderlab.heartbeat_s"
+
+
+def process_tags(heartbeat_s: float = 0) -> dict[str, str]:
+    """This process as tags: host, pid, the pid's start time (tells a reused pid apart), a first heartbeat."""
+    import psutil
+
+    return {
+        HOST_TAG: socket.gethostname(),
+        PID_TAG: str(os.getpid()),
+        PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}",
+        HEARTBEAT_TAG: str(int(time.time())),
+        HEARTBEAT_S_TAG: str(heartbeat_s),
+    }
+
+
+def record_process(client, run_id: str, heartbeat_s: float = 0) -> None:
+    """Record this process as the one running `run_id` (a new run, or a run reopened to resume it)."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in process_tags(heartbeat_s).items()])
+
+
+def _process_state(pid: int, started: float | None) -> str:
+    """'alive', 'gone' (no such process, or a zombie) or 'reused' (the pid belongs to a newer process)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return "gone"
+        if started is not None and abs(proc.create_time() - started) > 1.0:
+            return "reused"
+    except psutil.NoSuchProcess:  # ZombieProcess included
+        return "gone"
+    except psutil.Error:  # AccessDenied: cannot tell, so alive
+        return "alive"
+    return "alive"
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def stale_reason(tags: dict[str, str], stale_after_s: float, now: float | None = None) -> str | None:
+    """Why a RUNNING run with these tags is provably dead, or None: on this host its process is gone (or
+    its pid is another process's now); on another host its heartbeat is older than stale_after_s (and
+    than 3 of its own beats). Runs without encoderlab's host tag are never judged."""
+    host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
+    if not host or not pid or not pid.isdigit():
+        return None
+    now = time.time() if now is None else now
+    beat = _float(tags.get(HEARTBEAT_TAG))
+    if beat is not None:
+        from datetime import datetime
+
+        last = f"last heartbeat {datetime.fromtimestamp(beat):%Y-%m-%d %H:%M:%S}, {now - beat:.0f} s ago"
+    else:
+        last = "no heartbeat recorded"
+    if host == socket.gethostname():
+        state = _process_state(int(pid), _float(tags.get(PID_STARTED_TAG)))
+        if state == "alive":
+            return None
+        detail = ", now another process's" if state == "reused" else ""
+        return f"process died (host {host}, pid {pid}{detail}, {last})"
+    interval = _float(tags.get(HEARTBEAT_S_TAG))
+    if beat is None or interval == 0:  # logger.heartbeat_s=0: silence says nothing
+        return None
+    limit = max(stale_after_s, 3 * (interval or 0))
+    if now - beat <= limit:
+        return None
+    return f"process died (host {host}, pid {pid}, {last}; no heartbeat for over {limit:.0f} s)"
+
+
+def _search_all(search: Callable[..., Any], **kwargs: Any) -> list:
+    """Every page of an MLflow search."""
+    out: list = []
+    token = None
+    while True:
+        page = search(**kwargs, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def mark_stale_runs(client, stale_after_s: float = STALE_AFTER_S) -> list[str]:
+    """Mark FAILED the RUNNING runs whose process provably died (stale_reason), with the reason in
+    `encoderlab.error` and the last heartbeat as end time. One search over the store's RUNNING runs."""
+    experiments = _search_all(client.search_experiments, max_results=1000)
+    if not experiments:
+        return []
+    runs = _search_all(
+        client.search_runs,
+        experiment_ids=[e.experiment_id for e in experiments],
+        filter_string="attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    marked = []
+    now = time.time()
+    for run in runs:
+        reason = stale_reason(run.data.tags, stale_after_s, now)
+        if reason is None:
+            continue
+        beat = _float(run.data.tags.get(HEARTBEAT_TAG))
+        client.set_tag(run.info.run_id, "encoderlab.error", reason)
+        client.set_terminated(run.info.run_id, "FAILED", end_time=int((beat or now) * 1000))
+        log.info("MLflow run %s (%s) marked FAILED: %s", run.info.run_id, run.info.run_name, reason)
+        marked.append(run.info.run_id)
+    return marked
+
+
+class Heartbeat:
+    """A daemon thread setting `encoderlab.heartbeat` (unix seconds) on a run every `interval_s`: one
+    set_tag per beat; a failed call is logged at debug and tried again at the next beat."""
+
+    def __init__(self, client, run_id: str, interval_s: float) -> None:
+        self.client, self.run_id, self.interval_s = client, run_id, float(interval_s)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Heartbeat:
+        if self.interval_s > 0:
+            _install_store_error_filter()
+            self._thread = threading.Thread(target=self._beat, name="encoderlab-heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+            except Exception as ex:
+                log.debug("Heartbeat of run %s not recorded: %s", self.run_id, ex)
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)  # a beat stuck on a slow server must not hold up the exit
+            self._thread = None
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
@@ -187,6 +378,12 @@ class ParentRun:
     def __init__(self, client, run_id: str, experiment_id: str, tracking_uri: str) -> None:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self.tracking_uri = tracking_uri
+        self.heartbeat: Heartbeat | None = None
+
+    def _own(self, heartbeat_s: float) -> None:
+        """Record this process as the parent run's and keep its heartbeat."""
+        record_process(self.client, self.run_id, heartbeat_s)
+        self.heartbeat = Heartbeat(self.client, self.run_id, heartbeat_s).start()
 
     @classmethod
     def open(
@@ -199,22 +396,35 @@ class ParentRun:
     ) -> ParentRun:
         """Create the parent run, or with `find_by` (tags) reopen the one a previous process created."""
         uri = logger_cfg.tracking_uri or default_tracking_uri()
-        client = tracking_client(uri)
+        heartbeat_s = logger_cfg.get("heartbeat_s", 30)
+        client = tracking_client(uri, logger_cfg.get("stale_after_s", STALE_AFTER_S))
         exp_id = open_experiment(client, experiment_name, logger_cfg.artifact_location, uri)
         if find_by:
             clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in find_by.items())
             found = client.search_runs([exp_id], filter_string=clauses)
             if found:
                 run = found[0]
+                parent = cls(client, run.info.run_id, exp_id, uri)
+                # a sweep's worker processes reopen the run their (living) sweep process owns: leave it
                 if run.info.status != "RUNNING":
                     client.update_run(run.info.run_id, status="RUNNING")
-                return cls(client, run.info.run_id, exp_id, uri)
+                    parent._own(heartbeat_s)
+                elif HOST_TAG not in run.data.tags:
+                    parent._own(heartbeat_s)
+                return parent
         base = {"encoderlab.version": encoderlab.__version__}
         commit = git_state()["commit"]
         if commit:
             base["mlflow.source.git.commit"] = commit
         run = client.create_run(exp_id, run_name=run_name[:200], tags={**base, **(find_by or {}), **tags})
-        return cls(client, run.info.run_id, exp_id, uri)
+        parent = cls(client, run.info.run_id, exp_id, uri)
+        parent._own(heartbeat_s)
+        return parent
+
+    def stop_heartbeat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat = None
 
     def children(self) -> list:
         return self.client.search_runs(
@@ -226,6 +436,7 @@ class ParentRun:
     def finish(self, status: str | None = None, error: str | None = None) -> dict[str, int]:
         """Log the children's count per status and end the run: `status`, or (None) FAILED when a child
         failed or was killed, else FINISHED."""
+        self.stop_heartbeat()
         counts: dict[str, int] = {}
         for child in self.children():
             counts[child.info.status] = counts.get(child.info.status, 0) + 1
@@ -263,21 +474,28 @@ class TrackedRun:
         self.tracking_uri: str | None = None
         self.experiment_id: str | None = None
         self._signals: SignalHandlers | None = None
+        self._heartbeat: Heartbeat | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> TrackedRun:
+        quiet_log_file_errors()  # a full disk: one line about the log file, not a traceback per record
         self._signals = SignalHandlers().install()  # SIGTERM/SIGINT raise Killed until __exit__
         try:
             return self._open()
-        except BaseException:
-            self._signals.restore()
+        except BaseException as ex:
+            try:
+                failure = self._end(ex)  # the run was created, then e.g. logging its environment failed
+            finally:
+                self._signals.restore()
+            if failure is not None:
+                raise RunFailed(failure) from ex
             raise
 
     def _open(self) -> TrackedRun:
         if not self.enabled:
             return self
         self.tracking_uri = self.cfg.logger.tracking_uri or default_tracking_uri()
-        self.client = tracking_client(self.tracking_uri)
+        self.client = tracking_client(self.tracking_uri, self.cfg.logger.get("stale_after_s", STALE_AFTER_S))
         name = self.cfg.experiment_name
         self.experiment_id = open_experiment(
             self.client, name, self.cfg.logger.artifact_location, self.tracking_uri
@@ -318,6 +536,9 @@ class TrackedRun:
             self.experiment_id, run_name=self.cfg.run_name or default_run_name(self.cfg), tags=tags
         )
         self.run_id = run.info.run_id
+        heartbeat_s = self.cfg.logger.get("heartbeat_s", 30)
+        record_process(self.client, self.run_id, heartbeat_s)  # what tells a dead run from a live one
+        self._heartbeat = Heartbeat(self.client, self.run_id, heartbeat_s).start()
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, name, self.tracking_uri)
         self.log_text(pip_freeze(), "environment/pip_freeze.txt")
         if git["diff"]:
@@ -326,7 +547,7 @@ class TrackedRun:
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
-            self._close(exc)
+            failure = self._end(exc)
         finally:
             if self._signals is not None:
                 self._signals.restore()
@@ -336,9 +557,44 @@ class TrackedRun:
             killed.run_id, killed.run_dir = self.run_id, str(self.run_dir)
             if killed is not exc:  # Lightning's SIGTERMException is a SystemExit with code 0
                 raise killed from exc
+        if failure is not None:  # the CLI prints the one paragraph; the traceback is in the log file
+            raise RunFailed(failure) from exc
         return False
 
-    def _close(self, exc: BaseException | None) -> None:
+    def _end(self, exc: BaseException | None) -> str | None:
+        """Stop the heartbeat and close the run; returns the message of a disk-full, out-of-memory or
+        tracking failure (failures.describe_failure), else None. With such a failure, a store that
+        cannot be written either (the same full disk, the server gone) is said once, not raised."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
+        failure = None
+        if exc is not None:
+            failure = describe_failure(exc, self.cfg, self.run_dir, self.tracking_uri)
+            if isinstance(exc, Exception):
+                files = traceback_to_log_files(exc)
+                if failure is not None and files:
+                    failure += f" The traceback is in {files[0]}."
+        if failure is None:
+            self._close(exc)
+            return None
+        try:
+            with quiet_store_errors():  # the same full disk or dead server: said once, below
+                self._close(exc, failure)
+        except Exception as ex:
+            root = ex
+            while root.__cause__ is not None:  # e.g. sqlite3's "database or disk is full"
+                root = root.__cause__
+            log.warning(
+                "MLflow run %s could not be marked FAILED (%s: %s); the next encoderlab command that "
+                "opens the store marks it once this process has ended",
+                self.run_id,
+                type(root).__name__,
+                " ".join(str(root).split())[:200],
+            )
+        return failure
+
+    def _close(self, exc: BaseException | None, failure: str | None = None) -> None:
         if not self.enabled or self.run_id is None:
             return
         if exc is None:
@@ -350,7 +606,7 @@ class TrackedRun:
         else:
             signum = signal_of(exc)
             status = "KILLED" if signum or isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
-            reason = signal_reason(signum) if signum else f"{type(exc).__name__}: {exc}"
+            reason = signal_reason(signum) if signum else failure or f"{type(exc).__name__}: {exc}"
             try:
                 self.client.set_tag(self.run_id, "encoderlab.error", reason[:4900])
                 self.log_text(reason + "\n", "error.txt")

@@ -93,6 +93,7 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
         )
     _check_known_keys(cfg, EvaluateConfig)
     _check_allowed_values(cfg)
+    _check_logger(cfg.logger)
     _check_dataset(cfg.dataset)
     _check_probes(cfg)
     _check_extras(cfg)
@@ -100,10 +101,18 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
         _fail("max_length", cfg.max_length, "null or an integer >= 2")
 
 
+def _check_logger(logger: DictConfig) -> None:
+    if logger.heartbeat_s < 0:
+        _fail("logger.heartbeat_s", logger.heartbeat_s, "seconds >= 0 (0: no heartbeat)")
+    if logger.stale_after_s <= 0:
+        _fail("logger.stale_after_s", logger.stale_after_s, "seconds > 0")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise EncoderlabError naming the key, the bad value and what is allowed."""
     _check_known_keys(cfg)
     _check_allowed_values(cfg)
+    _check_logger(cfg.logger)
     _check_dataset(cfg.dataset)
     _check_probes(cfg)
     _check_training(cfg)

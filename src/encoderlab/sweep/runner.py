@@ -18,10 +18,11 @@ from encoderlab.sweep.trials import run_trials, run_workers
 log = logging.getLogger("encoderlab.sweep")
 
 
-def parent_run(cfg, space: Space, url: str) -> tuple[Any, str | None]:
-    """The study's MLflow parent run (found by its tags when the study resumes, created otherwise)."""
+def parent_run(cfg, space: Space, url: str) -> tuple[Any, str | None, Any]:
+    """The study's MLflow client, parent run id and ParentRun (found by its tags when the study resumes,
+    created otherwise)."""
     if cfg.logger.backend != "mlflow":
-        return None, None
+        return None, None, None
     from encoderlab.tracking import ParentRun
 
     study_name = space.study["study_name"]
@@ -38,7 +39,7 @@ def parent_run(cfg, space: Space, url: str) -> tuple[Any, str | None]:
         for k, v in space.study.items():
             if k != "storage":
                 client.log_param(parent.run_id, f"study.{k}", str(v))
-    return client, parent.run_id
+    return client, parent.run_id, parent
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -103,7 +104,19 @@ def run_sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(space)
     url = storage_url(space.study)
-    client, parent_id = parent_run(base_cfg, space, url)
+    client, parent_id, parent = parent_run(base_cfg, space, url)
+    try:
+        return _run_study(
+            study, space, overrides, base_cfg, client, parent_id, url, workers, worker, retest_spec, argv
+        )
+    finally:
+        if parent is not None:
+            parent.stop_heartbeat()
+
+
+def _run_study(
+    study, space, overrides, base_cfg, client, parent_id, url, workers, worker, retest_spec, argv
+) -> int:
     from encoderlab.tracking import default_tracking_uri
 
     tracking_uri = base_cfg.logger.tracking_uri or default_tracking_uri()
