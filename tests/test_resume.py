@@ -15,8 +15,6 @@ import torch
 
 from helpers import SCRATCH_SMALL, all_runs
 
-pytestmark = pytest.mark.slow  # trains a tiny from-scratch encoder in subprocesses
-
 # the quickstart recipe, shrunk: 4 epochs of ~2 s, validation at each epoch end, fixed seed
 RECIPE = [
     "experiment=quickstart",
@@ -109,6 +107,7 @@ def assert_same_training(client, resumed, ref_client, ref) -> None:
             assert len(got) == len(want) == 4  # one point per epoch, none twice
 
 
+@pytest.mark.slow  # trains a tiny from-scratch encoder in subprocesses
 def test_kill_9_after_the_second_validation_then_resume_ends_like_the_run_left_alone(
     isolated, cli, mlflow_client, uninterrupted
 ):
@@ -134,6 +133,7 @@ def test_kill_9_after_the_second_validation_then_resume_ends_like_the_run_left_a
     assert_same_training(mlflow_client, resumed, *uninterrupted.run())
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_saves_last_ckpt_marks_killed_and_resume_finishes_it(
     isolated, cli, mlflow_client, uninterrupted
 ):
@@ -161,3 +161,62 @@ def test_sigterm_mid_epoch_saves_last_ckpt_marks_killed_and_resume_finishes_it(
     assert resumed.info.status == "FINISHED" and "encoderlab.error" not in resumed.data.tags
     assert resumed.data.tags["encoderlab.resumed_from"] == "KILLED: killed by SIGTERM"
     assert_same_training(mlflow_client, resumed, *uninterrupted.run())
+
+
+# ---- what cannot be resumed: a clear error, exit 1, the run left as it was -----------------------------
+def logged_run(client, isolated: Path, status: str, last_ckpt: bool = False) -> tuple[str, Path]:
+    """An MLflow run with a run directory holding a composed train config (no training), ended `status`."""
+    from omegaconf import OmegaConf
+
+    from encoderlab.compose import compose
+
+    run_dir = isolated / "outputs" / "runs" / "2026-01-01" / "12-00-00-quickstart-abcdef"
+    cfg, _ = compose(["experiment=quickstart"], run_dir)
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    if last_ckpt:
+        (run_dir / "checkpoints").mkdir()
+        (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"not read: the run is refused before")
+    run = client.create_run(client.create_experiment("quickstart"), tags={"encoderlab.run_dir": str(run_dir)})
+    client.set_tag(run.info.run_id, "encoderlab.error", "killed by SIGTERM")
+    client.set_terminated(run.info.run_id, status)
+    return run.info.run_id, run_dir
+
+
+@pytest.mark.parametrize(
+    ("status", "last_ckpt", "says"),
+    [
+        ("FINISHED", True, ["is FINISHED: there is nothing to resume", "encoderlab reproduce"]),
+        ("KILLED", False, ["has no checkpoints/last.ckpt", "callbacks.last=null", "before encoderlab kept"]),
+    ],
+)
+def test_a_run_that_cannot_be_resumed_is_refused_and_left_as_it_was(
+    cli, isolated, mlflow_client, status, last_ckpt, says
+):
+    run_id, run_dir = logged_run(mlflow_client, isolated, status, last_ckpt)
+    before = mlflow_client.get_run(run_id)
+    for target in (run_id, str(run_dir)):
+        res = cli("resume", target)
+        assert res.code == 1 and res.err.startswith("error: ")
+        assert all(s in res.err for s in says), res.err
+        assert "Traceback" not in res.err
+    after = mlflow_client.get_run(run_id)
+    assert (after.info.status, after.info.end_time, after.data.tags) == (
+        before.info.status,
+        before.info.end_time,
+        before.data.tags,
+    )
+    assert not (run_dir / "train.log").exists()  # nothing written to the run directory
+
+
+@pytest.mark.parametrize(
+    ("target", "says"),
+    [
+        ("0123456789abcdef0123456789abcdef", "No MLflow run with id 0123456789abcdef0123456789abcdef"),
+        ("no/such/run-dir", "'no/such/run-dir' is neither a run directory nor an MLflow run id"),
+        (".", "has no .hydra/config.yaml: not the run directory of an `encoderlab train` run"),
+    ],
+)
+def test_resume_of_something_that_is_not_a_run_says_so(cli, target, says):
+    res = cli("resume", target)
+    assert res.code == 1 and says in res.err and "Traceback" not in res.err, res.err
