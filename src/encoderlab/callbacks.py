@@ -213,7 +213,8 @@ class LastCheckpoint(Checkpoint):
         self.filename = filename
         self.on_signal = on_signal
         self.saved_step: int | None = None  # global step of the last save
-        self._pending: int | None = None
+        self._pending: int | None = None  # a signal received, not saved for yet
+        self._stop: int | None = None  # a stop signal saved for: Killed at the next batch boundary
         self._previous: dict[int, Any] = {}
         self._restored_rng: dict | None = None
 
@@ -250,16 +251,23 @@ class LastCheckpoint(Checkpoint):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._fitting(trainer):
             self.save(trainer)
-            self._act_on_signal(trainer, saved=True)
+            self._take_signal(trainer)
+            self._stop_if_asked()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self._pending is not None:
-            self._act_on_signal(trainer, saved=False)
+        if self._pending is not None:  # Lightning's own point for mid-epoch checkpoints
+            self.save(trainer)
+            self._take_signal(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._stop_if_asked()  # only now: the previous step's metrics have reached the logger
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
         if self._fitting(trainer) and self.saved_step != trainer.global_step:
             self.save(trainer)  # training ended without a validation since the last save (max_steps)
+        self._take_signal(trainer)
+        self._stop_if_asked()
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -298,26 +306,33 @@ class LastCheckpoint(Checkpoint):
         self._previous = {}
 
     def _handle(self, signum: int, frame) -> None:
-        if self._pending is not None and self._pending != getattr(signal, "SIGUSR1", None):
+        usr1 = getattr(signal, "SIGUSR1", None)
+        stopping = self._stop is not None or self._pending not in (None, usr1)
+        if stopping and signum != usr1:
             previous = self._previous.get(signum)  # a second stop signal: stop now (TrackedRun's handler)
             self._restore_handlers()
             if callable(previous):
                 previous(signum, frame)
-            return
-        self._pending = signum
+        elif not stopping:
+            self._pending = signum
 
-    def _act_on_signal(self, trainer: L.Trainer, saved: bool) -> None:
+    def _take_signal(self, trainer: L.Trainer) -> None:
+        """After a save: SIGUSR1 is done with; SIGTERM/SIGINT stop at the next batch boundary."""
         signum, self._pending = self._pending, None
         if signum is None:
             return
-        if not saved:
-            self.save(trainer)
+        name = signal.Signals(signum).name
         if signum == getattr(signal, "SIGUSR1", None):
-            log.info("SIGUSR1: saved %s at step %d; training goes on", self.path, trainer.global_step)
-            return
-        log.info("%s: saved %s at step %d", signal.Signals(signum).name, self.path, trainer.global_step)
-        self._restore_handlers()
-        raise Killed(signum)
+            log.info("%s: saved %s at step %d; training goes on", name, self.path, trainer.global_step)
+        else:
+            log.info("%s: saved %s at step %d", name, self.path, trainer.global_step)
+            self._stop = signum
+
+    def _stop_if_asked(self) -> None:
+        if self._stop is not None:
+            signum, self._stop = self._stop, None
+            self._restore_handlers()
+            raise Killed(signum)
 
 
 def skip_seen_batches(trainer: L.Trainer) -> None:
