@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import resource
+import signal
+import threading
 import time
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from encoderlab.errors import DivergedError
+from encoderlab.signals import Killed, _lightning_owns_sigterm
+
+log = logging.getLogger(__name__)
 
 
 class Throughput(L.Callback):
@@ -156,3 +166,186 @@ def diverged_message(
         f"{rate}). The run stopped there and exported no model. Try {', '.join(tries[:-1])} or {tries[-1]}; "
         "trainer.detect_anomaly=true names the operation that first produced the NaN/inf."
     )
+
+
+def rng_states() -> dict:
+    """The global RNG states dropout, word dropout and user code draw from (torch, CUDA, numpy, random)."""
+    import random
+
+    import numpy as np
+
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+
+
+class LastCheckpoint(Checkpoint):
+    """`<run dir>/checkpoints/last.ckpt`: the full training state that `encoderlab resume` continues from
+    (weights, optimizer, LR scheduler, loop position, RNG states, early-stopping and best-checkpoint
+    state). Written atomically (a temporary file, then os.replace: a kill -9 mid-write leaves the previous
+    last.ckpt) after every validation, at the end of training, and when a signal arrives during training.
+
+    Signals during training are taken at a batch boundary, so the saved state is never that of a half-done
+    optimizer step: SIGTERM/SIGINT save after the batch in progress (after the validation in progress when
+    one runs) and then end the run as killed; SIGUSR1 (SLURM's `--signal=USR1@90` warning) saves and
+    training goes on, unless a handler is already installed (Lightning's SLURM auto-requeue). A second
+    SIGTERM/SIGINT stops at once, keeping the previous last.ckpt."""
+
+    def __init__(
+        self, dirpath: str | None = None, filename: str = "last.ckpt", on_signal: bool = True
+    ) -> None:
+        self.dirpath = dirpath
+        self.filename = filename
+        self.on_signal = on_signal
+        self.saved_step: int | None = None  # global step of the last save
+        self._pending: int | None = None  # a signal received, not saved for yet
+        self._stop: int | None = None  # a stop signal saved for: Killed at the next batch boundary
+        self._previous: dict[int, Any] = {}
+        self._restored_rng: dict | None = None
+
+    @property
+    def path(self) -> Path:
+        if self.dirpath is None:
+            raise ValueError("LastCheckpoint needs a dirpath (train sets <run dir>/checkpoints)")
+        return Path(self.dirpath) / self.filename
+
+    # ---- saving ---------------------------------------------------------------------------------
+    def save(self, trainer: L.Trainer) -> None:
+        """trainer.save_checkpoint to a temporary file beside last.ckpt, flushed, then renamed over it."""
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            trainer.save_checkpoint(tmp, weights_only=False)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.saved_step = trainer.global_step
+
+    def _fitting(self, trainer: L.Trainer) -> bool:
+        return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": rng_states()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored_rng = state_dict.get("rng")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._fitting(trainer):
+            self.save(trainer)
+            self._take_signal(trainer)
+            self._stop_if_asked()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._pending is not None:  # Lightning's own point for mid-epoch checkpoints
+            self.save(trainer)
+            self._take_signal(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._stop_if_asked()  # only now: the previous step's metrics have reached the logger
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+        if self._fitting(trainer) and self.saved_step != trainer.global_step:
+            self.save(trainer)  # training ended without a validation since the last save (max_steps)
+        self._take_signal(trainer)
+        self._stop_if_asked()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_handlers()
+        # Lightning's own SIGTERM handling (SLURM) stops at a batch boundary; a Killed was either raised
+        # here after saving or came mid-batch (its state may be a half-done step: keep the last save)
+        if type(exception).__name__ == "SIGTERMException" and self._fitting(trainer):
+            self.save(trainer)
+
+    # ---- resuming -------------------------------------------------------------------------------
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restored_rng is not None:  # resumed: where the interrupted run was, data and RNG alike
+            skip_seen_batches(trainer)
+            set_rng_states(self._restored_rng)
+            self._restored_rng = None
+        if self.on_signal:
+            self._install_handlers()
+
+    # ---- signals --------------------------------------------------------------------------------
+    def _install_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        wanted = [signal.SIGINT]
+        if not _lightning_owns_sigterm():
+            wanted.append(signal.SIGTERM)
+        usr1 = getattr(signal, "SIGUSR1", None)
+        if usr1 is not None and signal.getsignal(usr1) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            wanted.append(usr1)
+        for signum in wanted:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        usr1 = getattr(signal, "SIGUSR1", None)
+        stopping = self._stop is not None or self._pending not in (None, usr1)
+        if stopping and signum != usr1:
+            previous = self._previous.get(signum)  # a second stop signal: stop now (TrackedRun's handler)
+            self._restore_handlers()
+            if callable(previous):
+                previous(signum, frame)
+        elif not stopping:
+            self._pending = signum
+
+    def _take_signal(self, trainer: L.Trainer) -> None:
+        """After a save: SIGUSR1 is done with; SIGTERM/SIGINT stop at the next batch boundary."""
+        signum, self._pending = self._pending, None
+        if signum is None:
+            return
+        name = signal.Signals(signum).name
+        if signum == getattr(signal, "SIGUSR1", None):
+            log.info("%s: saved %s at step %d; training goes on", name, self.path, trainer.global_step)
+        else:
+            log.info("%s: saved %s at step %d", name, self.path, trainer.global_step)
+            self._stop = signum
+
+    def _stop_if_asked(self) -> None:
+        if self._stop is not None:
+            signum, self._stop = self._stop, None
+            self._restore_handlers()
+            raise Killed(signum)
+
+
+def skip_seen_batches(trainer: L.Trainer) -> None:
+    """A resumed fit's train loader starts after the batches of the current epoch already trained on (the
+    samplers of encoderlab.data.sampler; another loader restarts the epoch, as Lightning does)."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+    loader = trainer.train_dataloader
+    if not done or loader is None or not hasattr(loader, "batch_sampler"):
+        return
+    batch_sampler = loader.batch_sampler
+    if hasattr(batch_sampler, "resume_at"):  # LengthGroupedBatchSampler: skip batches
+        batch_sampler.resume_at(trainer.current_epoch, done)
+    elif hasattr(loader.sampler, "resume_at") and loader.batch_size:  # EpochShuffleSampler: skip rows
+        loader.sampler.resume_at(trainer.current_epoch, done * loader.batch_size)
+    else:
+        log.warning("The train loader cannot skip what this epoch already trained on: the epoch restarts")

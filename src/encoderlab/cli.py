@@ -32,6 +32,8 @@ commands:
             encoderlab table --parent <sweep parent run id> --baseline model=minilm --plot results.png
   reproduce rerun a logged run's exact config, print old vs new metrics (warns when the commit differs)
             encoderlab reproduce <run-id>
+  resume    continue a killed or crashed train run from its checkpoints/last.ckpt, in the same MLflow run
+            encoderlab resume <run-id>                        (or a run directory)
 
 options:
   -h, --help     show this message
@@ -44,7 +46,7 @@ environment:
 """
 
 
-COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce")
+COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce", "resume")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,6 +43,17 @@ class ClassificationMetrics(nn.Module):
         self._probs: list[torch.Tensor] = []
         self._targets: list[torch.Tensor] = []
 
+    def persistent(self, mode: bool = True) -> None:
+        """Whether the accumulated state goes into state_dict (a checkpoint), buffered batches included."""
+        self._persistent = mode
+        for m in [*self.multiclass.values(), *self.positive.values(), self.confusion]:
+            m.persistent(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        if getattr(self, "_persistent", False):
+            self._flush()  # the buffered batches into the metrics' states, which state_dict holds
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         self._probs.append(probs.detach())
         self._targets.append(targets.detach())

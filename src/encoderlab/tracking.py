@@ -452,6 +452,17 @@ class ParentRun:
         return counts
 
 
+# tags that say how a run was started: a resumed run keeps them
+_ORIGIN_TAGS = (
+    "mlflow.source.name",
+    "encoderlab.command",
+    "encoderlab.run_dir",
+    "mlflow.source.git.commit",
+    "encoderlab.git_dirty",
+    "mlflow.parentRunId",
+)
+
+
 class TrackedRun:
     """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
 
@@ -462,8 +473,11 @@ class TrackedRun:
         command: str = "train",
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
+        resume_run_id: str | None = None,
     ) -> None:
         self.cfg = cfg
+        self.resume_run_id = resume_run_id  # encoderlab resume: reopen this run instead of creating one
+        self._resumed_metrics: dict[str, float] = {}  # its metrics' latest values when reopened
         self.command = command
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(tags or {})
@@ -532,9 +546,12 @@ class TrackedRun:
                     "encoderlab.sweep_job_overrides": " ".join(HydraConfig.get().overrides.task),
                 }
             )
-        run = self.client.create_run(
-            self.experiment_id, run_name=self.cfg.run_name or default_run_name(self.cfg), tags=tags
-        )
+        if self.resume_run_id:
+            run = self._reopen(tags)
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.cfg.run_name or default_run_name(self.cfg), tags=tags
+            )
         self.run_id = run.info.run_id
         heartbeat_s = self.cfg.logger.get("heartbeat_s", 30)
         record_process(self.client, self.run_id, heartbeat_s)  # what tells a dead run from a live one
@@ -544,6 +561,30 @@ class TrackedRun:
         if git["diff"]:
             self.log_text(git["diff"], "environment/uncommitted.diff")
         return self
+
+    def _reopen(self, tags: dict[str, str]):
+        """The run `resume_run_id`, RUNNING again: its origin tags kept, the others refreshed, the resume
+        counted (encoderlab.resumed, encoderlab.resumed_at) and the previous end's reason moved aside."""
+        from datetime import datetime, timezone
+
+        run = self.client.get_run(self.resume_run_id)
+        old = run.data.tags
+        self.experiment_id = run.info.experiment_id
+        new = {k: v for k, v in tags.items() if k not in _ORIGIN_TAGS or k not in old}
+        new["encoderlab.resumed"] = str(int(old.get("encoderlab.resumed", "0")) + 1)
+        new["encoderlab.resumed_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        new["encoderlab.resumed_from"] = f"{run.info.status}: {old.get('encoderlab.error', '')}".rstrip(": ")
+        if tags.get("mlflow.source.git.commit", old.get("mlflow.source.git.commit")) != old.get(
+            "mlflow.source.git.commit"
+        ):
+            new["encoderlab.resumed_git_commit"] = tags["mlflow.source.git.commit"]
+        self.client.update_run(run.info.run_id, status="RUNNING")
+        if "encoderlab.error" in old:
+            self.client.delete_tag(run.info.run_id, "encoderlab.error")
+        for k, v in new.items():
+            self.client.set_tag(run.info.run_id, k, v)
+        self._resumed_metrics = dict(run.data.metrics)
+        return run
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
@@ -628,6 +669,8 @@ class TrackedRun:
         if not self.enabled:
             return
         for k, v in metrics.items():
+            if self._resumed_metrics.get(k) == float(v):  # logged before the resume: no second point
+                continue
             self.client.log_metric(self.run_id, k, float(v), step=step)
 
     def set_tags(self, tags: dict[str, str]) -> None:

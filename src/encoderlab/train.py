@@ -66,7 +66,7 @@ def make_callbacks(cfg: DictConfig, run_dir: Path) -> dict[str, L.Callback]:
         if node is not None:
             where = (
                 {"dirpath": str(run_dir / "checkpoints")}
-                if name == "checkpoint" and not node.get("dirpath")
+                if name in ("checkpoint", "last") and not node.get("dirpath")
                 else {}
             )
             out[name] = instantiate(node, **where, _convert_="all")
@@ -204,9 +204,10 @@ def fit(
     run_dir: Path,
     extra_callbacks: list | None,
     started_at: float,
+    ckpt_path: Path | None = None,
 ) -> tuple[L.Trainer, ModelCheckpoint]:
     """The Trainer from cfg.trainer and cfg.callbacks (+ throughput counters, the NaN/inf loss guard, + a
-    sweep's hooks), fitted."""
+    sweep's hooks), fitted; from `ckpt_path` (a last.ckpt) when resuming."""
     callbacks = make_callbacks(cfg, run_dir)
     throughput = Throughput(started_at)
     own = [throughput, DivergenceGuard()]  # DivergenceGuard: a NaN/inf loss stops the fit
@@ -219,7 +220,7 @@ def fit(
             "encoderlab.num_threads": str(torch.get_num_threads()),
         }
     )
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)
     run.set_tags({"encoderlab.optimizer": type(trainer.optimizers[0]).__name__} if trainer.optimizers else {})
     run.log_metrics(throughput.metrics())
     return trainer, callbacks["checkpoint"]
@@ -318,9 +319,11 @@ def train(
     callbacks: list | None = None,
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
+    resume: tuple[str | None, Path] | None = None,
 ) -> float | None:
     """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric.
-    `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run."""
+    `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run.
+    `resume` = (MLflow run id or None, last.ckpt): continue that run from that checkpoint (encoderlab.resume)."""
     started_at = encoderlab.run_started_at()
     check_targets(cfg)  # a wrong trainer/optimizer/scheduler/callback key fails here, before any run or data
     check_model_source(cfg)  # a local model directory's files and position limit, before the run opens
@@ -330,11 +333,13 @@ def train(
     if cfg.num_threads:  # set once, before any op has spun up the thread pool
         torch.set_num_threads(cfg.num_threads)
 
-    with TrackedRun(cfg, run_dir, parent_run_id=parent_run_id, tags=tags) as run:
-        log_config(cfg, run, run_dir)
+    resume_run_id, ckpt_path = resume if resume else (None, None)
+    with TrackedRun(cfg, run_dir, parent_run_id=parent_run_id, tags=tags, resume_run_id=resume_run_id) as run:
+        if resume is None:  # a resumed run's config is logged already
+            log_config(cfg, run, run_dir)
         dm, tokenizer, summary = setup_data(cfg, run)
         net, module = setup_model(cfg, dm, tokenizer, run)
-        trainer, checkpoint = fit(cfg, module, dm, run, run_dir, callbacks, started_at)
+        trainer, checkpoint = fit(cfg, module, dm, run, run_dir, callbacks, started_at, ckpt_path)
         test_metrics, best, best_score = test(trainer, module, dm, checkpoint, run, summary)
         (run_dir / "metrics.json").write_text(
             json.dumps({"test": test_metrics, "best": best_score}, indent=2)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from encoderlab.data.loading import load_raw_splits
-from encoderlab.data.sampler import LengthGroupedBatchSampler
+from encoderlab.data.sampler import EpochShuffleSampler, LengthGroupedBatchSampler
 from encoderlab.data.splits import PreparedSplits, prepare_splits
 from encoderlab.data.word_dropout import WordDropoutCollator
 
@@ -45,6 +45,12 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
         ]
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _own_generator() -> torch.Generator:
+    """A train loader's own generator (its workers' base seeds), seeded without drawing from the global RNG:
+    creating the loader's iterator then leaves the dropout RNG alone, which a resumed run relies on."""
+    return torch.Generator().manual_seed(torch.initial_seed())
 
 
 class TextClassificationDataModule(L.LightningDataModule):
@@ -187,12 +193,17 @@ class TextClassificationDataModule(L.LightningDataModule):
         if train and self.cfg.group_by_length:
             lengths = [len(ids) for ids in ds["input_ids"]]
             sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=self.seed)
-            return DataLoader(ds, batch_sampler=sampler, **common)
+            return DataLoader(ds, batch_sampler=sampler, generator=_own_generator(), **common)
         order = None if train else self.eval_order(split)
         if order is not None:
             batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
             return DataLoader(ds, batch_sampler=batches, **common)
-        return DataLoader(ds, batch_size=batch_size, shuffle=train, **common)
+        if train:  # shuffled from (seed, epoch): resumable, and independent of the global RNG
+            sampler = EpochShuffleSampler(len(ds), seed=self.seed)
+            return DataLoader(
+                ds, batch_size=batch_size, sampler=sampler, generator=_own_generator(), **common
+            )
+        return DataLoader(ds, batch_size=batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.cfg.batch_size, train=True)

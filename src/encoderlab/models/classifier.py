@@ -10,6 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics import MeanMetric
 
 from encoderlab.metrics import ClassificationMetrics
 
@@ -38,7 +39,12 @@ class SequenceClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         n = len(self.label_names)
+        # train/* epoch metrics accumulate over the epoch: their state goes into checkpoints, so an epoch
+        # resumed from last.ckpt (encoderlab resume) reports all its batches, not those after the resume
         self.train_metrics = ClassificationMetrics(n)
+        self.train_metrics.persistent(True)
+        self.train_loss = MeanMetric()
+        self.train_loss.persistent(True)
         self.val_metrics = ClassificationMetrics(n)
         self.test_metrics = ClassificationMetrics(n)
         self.test_probs: torch.Tensor | None = None
@@ -57,12 +63,15 @@ class SequenceClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, probs = self._step(batch)
         self.train_metrics.update(probs, batch["labels"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(probs))
+        self.train_loss.update(loss.detach(), weight=len(probs))
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(probs))
         return loss
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
+        self.log("train/loss_epoch", self.train_loss.compute())
         self.train_metrics.reset()
+        self.train_loss.reset()
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, probs = self._step(batch)
