@@ -32,6 +32,8 @@ commands:
             encoderlab table --parent <sweep parent run id> --baseline model=minilm --plot results.png
   reproduce rerun a logged run's exact config, print old vs new metrics (warns when the commit differs)
             encoderlab reproduce <run-id>
+  sync      send what a run logged while its tracking server was away (exit code 3 of train)
+            encoderlab sync outputs/runs/<date>/<time>-<name>
 
 options:
   -h, --help     show this message
@@ -44,7 +46,7 @@ environment:
 """
 
 
-COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce")
+COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce", "sync")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    from encoderlab.errors import ConfigError, EncoderlabError
+    from encoderlab.errors import EncoderlabError
     from encoderlab.signals import Killed
 
     module = importlib.import_module(f"encoderlab.commands.{command}")
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return module.main(rest)
     except EncoderlabError as ex:  # argparse commands; Hydra commands report their own
         print(f"error: {ex}", file=sys.stderr)
-        return 2 if isinstance(ex, ConfigError) else 1
+        return ex.exit_code
     except Killed as ex:  # SIGTERM / SIGINT during a run: it is marked KILLED; exit like the signal would
         print(ex.message(), file=sys.stderr)
         return ex.exit_code

@@ -131,6 +131,13 @@ class LoggerConfig:
     log_checkpoint: bool = False  # the Lightning .ckpt (large: weights + optimizer state)
     log_predictions: bool = True
     tags: dict[str, str] = field(default_factory=dict)
+    # http(s) servers: start-up check, MLflow's HTTP limits, outages (see conf/logger/mlflow.yaml)
+    connect_timeout_s: float = 5.0  # (0, 60]: start-up check and health probes
+    request_timeout_s: int = 20  # [1, 600]: MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT
+    max_retries: int = 2  # [0, 10]: MLflow's MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    backoff_factor: int = 1  # [0, 120]: MLflow's MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR
+    retry_interval_s: float = 15.0  # > 0: while the server is away, probe it this often
+    final_sync_timeout_s: float = 60.0  # >= 0: at the end, wait this long for the server
 
 
 @dataclass

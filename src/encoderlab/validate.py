@@ -95,6 +95,7 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     _check_allowed_values(cfg)
     _check_dataset(cfg.dataset)
     _check_probes(cfg)
+    _check_logger(cfg.logger)
     _check_extras(cfg)
     if cfg.max_length is not None and cfg.max_length < 2:
         _fail("max_length", cfg.max_length, "null or an integer >= 2")
@@ -107,6 +108,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check_dataset(cfg.dataset)
     _check_probes(cfg)
     _check_training(cfg)
+    _check_logger(cfg.logger)
     _check_extras(cfg)
 
 
@@ -149,6 +151,29 @@ def _check_dataset(ds: DictConfig) -> None:
             f"Config error: dataset.data_files has no '{ds.train_split}' entry (dataset.train_split); "
             f"it has: {', '.join(ds.data_files.keys())}."
         )
+
+
+# logger.* outage keys: (low, high, low included); MLflow caps retries at 10 and the back-off at 120
+LOGGER_RANGES = {
+    "connect_timeout_s": (0, 60, False),
+    "request_timeout_s": (1, 600, True),
+    "max_retries": (0, 10, True),
+    "backoff_factor": (0, 120, True),
+    "retry_interval_s": (0, 3600, False),
+    "final_sync_timeout_s": (0, 86400, True),
+}
+
+
+def _check_logger(logger: DictConfig) -> None:
+    for key, (low, high, closed) in LOGGER_RANGES.items():
+        value = logger.get(key)
+        ok = _is_number(value) and (value >= low if closed else value > low) and value <= high
+        if not ok:
+            _fail(
+                f"logger.{key}",
+                value,
+                f"a number in {'[' if closed else '('}{low}, {high}] (seconds or a count)",
+            )
 
 
 def _is_number(value: object) -> bool:
