@@ -187,6 +187,55 @@ def test_unreachable_tracking_uri_fails_fast_naming_it(tiny_bert, isolated):
 
 
 @pytest.mark.slow
+def test_a_run_goes_offline_and_back_online_replaying_in_order(server, isolated, monkeypatch):
+    """The mechanism under the end-to-end tests, in-process: calls made while the server is away are
+    journaled, the first call after it is back (and a retry interval) replays them, in order, once."""
+    from omegaconf import OmegaConf
+
+    from encoderlab.tracking import TrackedRun
+
+    for var, value in (("TIMEOUT", "5"), ("MAX_RETRIES", "0"), ("BACKOFF_FACTOR", "0")):
+        monkeypatch.setenv(f"MLFLOW_HTTP_REQUEST_{var}", value)  # restored after the test
+    cfg = OmegaConf.create(
+        {
+            "logger": {
+                "backend": "mlflow",
+                "tracking_uri": server.uri,
+                "artifact_location": None,
+                "tags": {},
+            },
+            "experiment_name": "outage",
+            "run_name": "reconnect",
+            "dataset": {"name": "none"},
+            "model": {"name_or_path": "none"},
+        }
+    )
+    cfg.logger.retry_interval_s = 0.2
+    with TrackedRun(cfg, isolated / "run") as run:
+        run.log_params({"lr": "0.1"})
+        run.log_metrics({"loss": 0.0}, step=0)
+        server.kill()
+        for step in (1, 2, 3):
+            run.log_metrics({"loss": float(step)}, step=step)
+        run.log_text("written while offline\n", "notes/offline.txt")
+        run.set_tags({"phase": "offline"})
+        assert run.offline
+        journal = run._journal
+        assert len(journal.pending()) == 5
+        server.start()
+        time.sleep(0.3)  # past the retry interval: the next call probes, replays, and goes online
+        run.log_metrics({"loss": 4.0}, step=4)
+        assert not run.offline and journal.pending() == []
+    client = server.client()
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    points = sorted((m.step, m.value) for m in client.get_metric_history(run.run_id, "loss"))
+    assert points == [(s, float(s)) for s in range(5)]  # each point once
+    assert got.data.params == {"lr": "0.1"} and got.data.tags["phase"] == "offline"
+    assert "notes/offline.txt" in artifacts(client, run.run_id)
+
+
+@pytest.mark.slow
 def test_server_killed_and_restarted_mid_run_loses_nothing(server, reference, tiny_bert, isolated):
     cmd = outage_cmd(tiny_bert, server.uri, "logger.final_sync_timeout_s=300")
     res, wall = run_killing_server(cmd, isolated, server, restart=True)
