@@ -399,6 +399,8 @@ class TrackedRun:
         if self._journal is None or not self._journal.pending():
             return
         timeout = self._setting("final_sync_timeout_s", 60.0)
+        if signal_of(exc) is not None:  # a preempted job has seconds left before SIGKILL
+            timeout = min(timeout, 5.0)
         log.warning(
             "Tracking server %s is away: waiting up to %g s to send the journaled calls",
             self.tracking_uri,

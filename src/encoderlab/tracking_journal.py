@@ -320,6 +320,15 @@ def sync_run_dir(
 
     client = MlflowClient(uri)
     try:
+        client.get_run(record["run_id"])  # a wrong server must not consume the journal as "rejected"
+    except Exception as ex:
+        if is_connectivity_error(ex):
+            raise EncoderlabError(f"The tracking server {uri} failed to answer: {_short(ex)}") from ex
+        raise EncoderlabError(
+            f"MLflow run {record['run_id']} is not in the tracking store {uri} ({_short(ex)}): pass the "
+            "server the run was created on with --tracking-uri. Nothing was sent."
+        ) from ex
+    try:
         sent = journal.replay(client, record["run_id"])
     except Exception as ex:
         if not is_connectivity_error(ex):
