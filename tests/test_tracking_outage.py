@@ -294,3 +294,54 @@ def test_sync_of_a_directory_without_a_tracking_record_says_what_to_pass(cli, is
     res = cli("sync", str(isolated))
     assert res.code == 1
     assert "not an encoderlab run directory" in res.err and "tracking/run.json" in res.err
+
+
+def test_sync_sends_a_journal_once_and_refuses_a_store_without_the_run(cli, isolated, mlflow_client):
+    """The replay itself, on a local store: every journaled call once, in order; a second sync sends
+    nothing; a --tracking-uri that does not hold the run leaves the journal untouched."""
+    from encoderlab.tracking_journal import Journal
+
+    uri = f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}"
+    exp = mlflow_client.create_experiment("journal")
+    run_id = mlflow_client.create_run(exp).info.run_id
+    run_dir = isolated / "run"
+    journal = Journal(run_dir)
+    journal.write_run(uri, run_id, exp)
+    for step in range(3):
+        journal.append(
+            {"op": "metrics", "metrics": {"loss": step / 10}, "step": step, "timestamp": 1000 + step}
+        )
+    journal.append({"op": "params", "params": {"lr": "0.1"}})
+    journal.append({"op": "text", "text": "hello\n", "artifact_file": "notes/hello.txt"})
+    journal.append({"op": "terminate", "status": "FINISHED", "end_time": 5000})
+
+    wrong = cli("sync", str(run_dir), "--tracking-uri", f"sqlite:///{isolated / 'other.db'}")
+    assert wrong.code == 1 and "is not in the tracking store" in wrong.err and "--tracking-uri" in wrong.err
+    assert len(journal.pending()) == 6
+
+    first = cli("sync", str(run_dir))
+    assert first.code == 0, first.err
+    assert "sent 3 metric values, 1 params, 0 tags, 1 artifacts, the final status FINISHED" in first.out
+    run = mlflow_client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.params == {"lr": "0.1"}
+    history = mlflow_client.get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (1, 0.1), (2, 0.2)]
+    assert artifacts(mlflow_client, run_id) == {"notes/hello.txt"}
+
+    again = cli("sync", str(run_dir))
+    assert again.code == 0 and "nothing to sync" in again.out
+    assert len(mlflow_client.get_metric_history(run_id, "loss")) == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "allowed"),
+    [
+        ("logger.retry_interval_s=0", "(0, 3600]"),
+        ("logger.max_retries=11", "[0, 10]"),
+        ("logger.connect_timeout_s=-1", "(0, 60]"),
+    ],
+)
+def test_outage_settings_out_of_range_are_config_errors(cli, override, allowed):
+    res = cli("train", "experiment=quickstart", override)
+    assert res.code == 2
+    assert f"'{override.split('=')[0]}'" in res.err and allowed in res.err
