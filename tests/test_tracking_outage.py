@@ -223,8 +223,8 @@ def test_a_run_goes_offline_and_back_online_replaying_in_order(server, isolated,
         journal = run._journal
         assert len(journal.pending()) == 5
         server.start()
-        time.sleep(0.3)  # past the retry interval: the next call probes, replays, and goes online
-        run.log_metrics({"loss": 4.0}, step=4)
+        assert run._server_back.wait(timeout=30)  # the background probe found it
+        run.log_metrics({"loss": 4.0}, step=4)  # the next call replays the journal, then goes online
         assert not run.offline and journal.pending() == []
     client = server.client()
     got = client.get_run(run.run_id)

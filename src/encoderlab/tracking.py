@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -275,7 +276,8 @@ class TrackedRun:
         self._signals: SignalHandlers | None = None
         self._journal = None  # tracking_journal.Journal once the run exists on an http(s) server
         self._offline_since: float | None = None  # wall time the server went away; None while online
-        self._next_probe = 0.0  # monotonic time of the next health probe while offline
+        self._server_back = threading.Event()  # set by the watcher thread when /health answers again
+        self._watcher: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> TrackedRun:
@@ -397,7 +399,9 @@ class TrackedRun:
         """Send what the journal still holds, waiting up to logger.final_sync_timeout_s for the server;
         what is left is reported with how to sync it (TrackingIncomplete when the run itself succeeded)."""
         if self._journal is None or not self._journal.pending():
+            self._offline_since = None  # stops the watcher
             return
+        self._offline_since = None  # the final wait probes by itself
         timeout = self._setting("final_sync_timeout_s", 60.0)
         if signal_of(exc) is not None:  # a preempted job has seconds left before SIGKILL
             timeout = min(timeout, 5.0)
@@ -411,7 +415,6 @@ class TrackedRun:
             self._journal, self.client, self.run_id, self.tracking_uri, time.monotonic() + timeout, every
         ):
             log.info("Tracking server %s is back: the run's journaled calls were sent", self.tracking_uri)
-            self._offline_since = None
             return
         left = self._journal.pending_counts()
         message = (
@@ -465,16 +468,29 @@ class TrackedRun:
                 self._journal.pending_path,
                 self._setting("retry_interval_s", 15.0),
             )
-        self._next_probe = time.monotonic() + self._setting("retry_interval_s", 15.0)
+        if self._watcher is None or not self._watcher.is_alive():
+            self._server_back.clear()
+            self._watcher = threading.Thread(
+                target=self._watch, name="encoderlab-tracking-probe", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        """Probe the server every logger.retry_interval_s in the background (a server that does not answer
+        at all costs the probe's timeout, which training must not wait for) until it answers."""
+        interval, timeout = self._setting("retry_interval_s", 15.0), self._setting("connect_timeout_s", 5.0)
+        while self.offline:
+            time.sleep(interval)
+            if self.offline and probe(self.tracking_uri, timeout) is None:
+                self._server_back.set()
+                return
 
     def _reconnect(self) -> bool:
-        """While offline: at most once per retry interval, probe the server and, if it answers, replay the
-        journal in order. True when the run is online again with nothing pending."""
-        if time.monotonic() < self._next_probe:
+        """While offline: once the watcher found the server back, replay the journal in order. True when
+        the run is online again with nothing pending."""
+        if not self._server_back.is_set():
             return False
-        if probe(self.tracking_uri, self._setting("connect_timeout_s", 5.0)) is not None:
-            self._next_probe = time.monotonic() + self._setting("retry_interval_s", 15.0)
-            return False
+        self._server_back.clear()
         try:
             sent = self._journal.replay(self.client, self.run_id)
         except Exception as ex:
