@@ -34,6 +34,8 @@ commands:
             encoderlab reproduce <run-id>
   resume    continue a killed or crashed train run from its checkpoints/last.ckpt, in the same MLflow run
             encoderlab resume <run-id>                        (or a run directory)
+  sync      send what a run logged while its tracking server was away (exit code 3 of train)
+            encoderlab sync outputs/runs/<date>/<time>-<name>
 
 options:
   -h, --help     show this message
@@ -46,7 +48,7 @@ environment:
 """
 
 
-COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce", "resume")
+COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce", "resume", "sync")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import importlib
 
-    from encoderlab.errors import ConfigError, EncoderlabError
+    from encoderlab.errors import EncoderlabError
     from encoderlab.signals import Killed
 
     module = importlib.import_module(f"encoderlab.commands.{command}")
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return module.main(rest)
     except EncoderlabError as ex:  # argparse commands; Hydra commands report their own
         print(f"error: {ex}", file=sys.stderr)
-        return 2 if isinstance(ex, ConfigError) else 1
+        return ex.exit_code
     except Killed as ex:  # SIGTERM / SIGINT during a run: it is marked KILLED; exit like the signal would
         print(ex.message(), file=sys.stderr)
         return ex.exit_code

@@ -35,7 +35,7 @@ def run_hydra(argv: list[str], config_name: str, task: Callable, prog: str) -> i
     import hydra
 
     from encoderlab.config import register_configs
-    from encoderlab.errors import ConfigError, EncoderlabError, format_config_error
+    from encoderlab.errors import EncoderlabError, format_config_error
     from encoderlab.multirun import close_open_parent
 
     register_configs()
@@ -66,7 +66,7 @@ def run_hydra(argv: list[str], config_name: str, task: Callable, prog: str) -> i
         if user_full_error:
             raise
         print(f"error: {ex}", file=sys.stderr)
-        return 2 if isinstance(ex, ConfigError) else 1
+        return ex.exit_code
     except Exception as ex:
         message = format_config_error(ex)
         if message is None and not user_full_error:  # a full disk, memory, the tracking store

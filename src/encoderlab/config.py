@@ -135,6 +135,13 @@ class LoggerConfig:
     tags: dict[str, str] = field(default_factory=dict)
     heartbeat_s: float = 30  # a RUNNING run's `encoderlab.heartbeat` tag is refreshed this often; 0: off
     stale_after_s: float = 600  # a run on another host silent this long is marked FAILED ("process died")
+    # http(s) servers: start-up check, MLflow's HTTP limits, outages (see conf/logger/mlflow.yaml)
+    connect_timeout_s: float = 5.0  # (0, 60]: start-up check and health probes
+    request_timeout_s: int = 20  # [1, 600]: MLflow's MLFLOW_HTTP_REQUEST_TIMEOUT
+    max_retries: int = 2  # [0, 10]: MLflow's MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    backoff_factor: int = 1  # [0, 120]: MLflow's MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR
+    retry_interval_s: float = 15.0  # > 0: while the server is away, probe it this often
+    final_sync_timeout_s: float = 60.0  # >= 0: at the end, wait this long for the server
 
 
 @dataclass

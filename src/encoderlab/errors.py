@@ -11,9 +11,20 @@ from typing import Any
 class EncoderlabError(Exception):
     """A problem with the user's input (config, data, model path): reported without a traceback."""
 
+    exit_code = 1
+
 
 class ConfigError(EncoderlabError):
     """The composed config is invalid: reported before any heavy import, exit code 2."""
+
+    exit_code = 2
+
+
+class TrackingIncomplete(EncoderlabError):
+    """The run finished (model exported to its run directory) but the tracking server never came back
+    for part of what it logged: exit code 3, and `encoderlab sync <run dir>` sends the rest."""
+
+    exit_code = 3
 
 
 class DivergedError(EncoderlabError):

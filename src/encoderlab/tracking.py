@@ -18,10 +18,20 @@ from typing import Any, TypeVar
 from omegaconf import DictConfig, OmegaConf
 
 import encoderlab
-from encoderlab.errors import EncoderlabError
+from encoderlab.errors import EncoderlabError, TrackingIncomplete
 from encoderlab.failures import RunFailed, describe_failure, quiet_log_file_errors, traceback_to_log_files
 from encoderlab.signals import Killed, SignalHandlers, signal_of
 from encoderlab.signals import reason as signal_reason
+from encoderlab.tracking_journal import (
+    Journal,
+    check_server,
+    configure_http,
+    is_connectivity_error,
+    is_http,
+    probe,
+    send,
+    wait_and_replay,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +248,9 @@ class Heartbeat:
     """A daemon thread setting `encoderlab.heartbeat` (unix seconds) on a run every `interval_s`: one
     set_tag per beat; a failed call is logged at debug and tried again at the next beat."""
 
-    def __init__(self, client, run_id: str, interval_s: float) -> None:
+    def __init__(self, client, run_id: str, interval_s: float, paused=lambda: False) -> None:
         self.client, self.run_id, self.interval_s = client, run_id, float(interval_s)
+        self.paused = paused  # e.g. while the tracking server is away: a beat would only wait on it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -252,6 +263,8 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if self.paused():
+                continue
             try:
                 self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
             except Exception as ex:
@@ -489,6 +502,10 @@ class TrackedRun:
         self.experiment_id: str | None = None
         self._signals: SignalHandlers | None = None
         self._heartbeat: Heartbeat | None = None
+        self._journal = None  # tracking_journal.Journal once the run exists on an http(s) server
+        self._offline_since: float | None = None  # wall time the server went away; None while online
+        self._server_back = threading.Event()  # set by the watcher thread when /health answers again
+        self._watcher: threading.Thread | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> TrackedRun:
@@ -508,7 +525,25 @@ class TrackedRun:
     def _open(self) -> TrackedRun:
         if not self.enabled:
             return self
+        try:
+            return self._create_run()
+        except EncoderlabError:
+            raise
+        except Exception as ex:  # the server passed the health check, then failed to create the run
+            if not (is_http(self.tracking_uri) and type(ex).__module__.startswith(("mlflow", "requests"))):
+                raise
+            detail = " ".join(str(ex).split())[:300]
+            raise EncoderlabError(
+                f"The MLflow tracking server {self.tracking_uri} failed to create the run ({detail}). Check "
+                "that it is an MLflow server and running, and that logger.tracking_uri (or "
+                "$MLFLOW_TRACKING_URI) names it. Nothing was trained or logged."
+            ) from ex
+
+    def _create_run(self) -> TrackedRun:
         self.tracking_uri = self.cfg.logger.tracking_uri or default_tracking_uri()
+        if is_http(self.tracking_uri):  # fail in seconds, before any data or model work
+            configure_http(self.cfg.logger)
+            check_server(self.tracking_uri, self._setting("connect_timeout_s", 5.0))
         self.client = tracking_client(self.tracking_uri, self.cfg.logger.get("stale_after_s", STALE_AFTER_S))
         name = self.cfg.experiment_name
         self.experiment_id = open_experiment(
@@ -555,8 +590,11 @@ class TrackedRun:
         self.run_id = run.info.run_id
         heartbeat_s = self.cfg.logger.get("heartbeat_s", 30)
         record_process(self.client, self.run_id, heartbeat_s)  # what tells a dead run from a live one
-        self._heartbeat = Heartbeat(self.client, self.run_id, heartbeat_s).start()
+        self._heartbeat = Heartbeat(self.client, self.run_id, heartbeat_s, lambda: self.offline).start()
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, name, self.tracking_uri)
+        if is_http(self.tracking_uri):  # a server can go away mid-run: calls it misses are journaled
+            self._journal = Journal(self.run_dir)
+            self._journal.write_run(self.tracking_uri, self.run_id, self.experiment_id)
         self.log_text(pip_freeze(), "environment/pip_freeze.txt")
         if git["diff"]:
             self.log_text(git["diff"], "environment/uncommitted.diff")
@@ -639,80 +677,181 @@ class TrackedRun:
         if not self.enabled or self.run_id is None:
             return
         if exc is None:
-            self.client.set_terminated(self.run_id, "FINISHED")
+            self._call({"op": "terminate", "status": "FINISHED", "end_time": _now_ms()})
         elif type(exc).__name__ == "TrialPruned":  # optuna stopped an unpromising sweep trial
-            self.client.set_tag(self.run_id, "encoderlab.trial_state", "PRUNED")
-            self.client.set_terminated(self.run_id, "KILLED")
+            self.set_tags({"encoderlab.trial_state": "PRUNED"})
+            self._call({"op": "terminate", "status": "KILLED", "end_time": _now_ms()})
             log.info("MLflow run %s: trial pruned", self.run_id)
         else:
             signum = signal_of(exc)
             status = "KILLED" if signum or isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
             reason = signal_reason(signum) if signum else failure or f"{type(exc).__name__}: {exc}"
             try:
-                self.client.set_tag(self.run_id, "encoderlab.error", reason[:4900])
+                self.set_tags({"encoderlab.error": reason[:4900]})
                 self.log_text(reason + "\n", "error.txt")
             finally:
-                self.client.set_terminated(self.run_id, status)
+                self._call({"op": "terminate", "status": status, "end_time": _now_ms()})
             log.error("MLflow run %s marked %s: %s", self.run_id, status, reason)
+        self._final_sync(exc)
+
+    def _final_sync(self, exc: BaseException | None) -> None:
+        """Send what the journal still holds, waiting up to logger.final_sync_timeout_s for the server;
+        what is left is reported with how to sync it (TrackingIncomplete when the run itself succeeded)."""
+        if self._journal is None or not self._journal.pending():
+            self._offline_since = None  # stops the watcher
+            return
+        self._offline_since = None  # the final wait probes by itself
+        timeout = self._setting("final_sync_timeout_s", 60.0)
+        if signal_of(exc) is not None:  # a preempted job has seconds left before SIGKILL
+            timeout = min(timeout, 5.0)
+        log.warning(
+            "Tracking server %s is away: waiting up to %g s to send the journaled calls",
+            self.tracking_uri,
+            timeout,
+        )
+        every = min(self._setting("retry_interval_s", 15.0), 2.0)
+        if wait_and_replay(
+            self._journal, self.client, self.run_id, self.tracking_uri, time.monotonic() + timeout, every
+        ):
+            log.info("Tracking server %s is back: the run's journaled calls were sent", self.tracking_uri)
+            return
+        left = self._journal.pending_counts()
+        message = (
+            f"the tracking server {self.tracking_uri} did not come back within "
+            f"logger.final_sync_timeout_s={timeout:g} s: MLflow run {self.run_id} has not received "
+            f"{left.describe()}. They are kept in {self._journal.pending_path}; when the server is back, "
+            f"send them with: encoderlab sync {self.run_dir}"
+        )
+        if exc is None:
+            raise TrackingIncomplete(
+                f"The {self.command} run finished and its files are in {self.run_dir}, but {message} (exit code "
+                f"{TrackingIncomplete.exit_code}: trained, tracking incomplete)."
+            )
+        log.error("Also, %s", message)
+
+    # ---- outage handling ------------------------------------------------------------------------
+    def _setting(self, key: str, default: float) -> float:
+        value = self.cfg.logger.get(key) if "logger" in self.cfg else None
+        return float(default if value is None else value)
+
+    @property
+    def offline(self) -> bool:
+        """Whether the tracking server is away (calls are being journaled): a heartbeat skips its beat."""
+        return self._offline_since is not None
+
+    def _call(self, entry: dict) -> None:
+        """One tracking call: sent now; or, while the server is away (or when it fails to reach it),
+        journaled in the run directory for a later replay. Other errors raise as MLflow's do."""
+        if self._journal is None:
+            send(self.client, self.run_id, entry)
+            return
+        if self.offline and not self._reconnect():
+            self._journal.append(entry)
+            return
+        try:
+            send(self.client, self.run_id, entry)
+        except Exception as ex:
+            if not is_connectivity_error(ex):
+                raise
+            self._go_offline(ex)
+            self._journal.append(entry)
+
+    def _go_offline(self, ex: BaseException) -> None:
+        if self._offline_since is None:
+            self._offline_since = time.time()
+            log.warning(
+                "Tracking server %s unreachable (%s): training goes on; tracking calls are kept in %s and "
+                "sent when the server answers again (checked every %g s)",
+                self.tracking_uri,
+                " ".join(str(ex).split())[:200],
+                self._journal.pending_path,
+                self._setting("retry_interval_s", 15.0),
+            )
+        if self._watcher is None or not self._watcher.is_alive():
+            self._server_back.clear()
+            self._watcher = threading.Thread(
+                target=self._watch, name="encoderlab-tracking-probe", daemon=True
+            )
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        """Probe the server every logger.retry_interval_s in the background (a server that does not answer
+        at all costs the probe's timeout, which training must not wait for) until it answers."""
+        interval, timeout = self._setting("retry_interval_s", 15.0), self._setting("connect_timeout_s", 5.0)
+        while self.offline:
+            time.sleep(interval)
+            if self.offline and probe(self.tracking_uri, timeout) is None:
+                self._server_back.set()
+                return
+
+    def _reconnect(self) -> bool:
+        """While offline: once the watcher found the server back, replay the journal in order. True when
+        the run is online again with nothing pending."""
+        if not self._server_back.is_set():
+            return False
+        self._server_back.clear()
+        try:
+            sent = self._journal.replay(self.client, self.run_id)
+        except Exception as ex:
+            if not is_connectivity_error(ex):
+                raise
+            self._go_offline(ex)
+            return False
+        log.info(
+            "Tracking server %s is back after %.0f s: sent %s",
+            self.tracking_uri,
+            time.time() - (self._offline_since or time.time()),
+            sent.describe(),
+        )
+        self._offline_since = None
+        return True
 
     # ---- logging --------------------------------------------------------------------------------
     def log_params(self, params: dict[str, str]) -> None:
-        if not self.enabled:
-            return
-        from mlflow.entities import Param
-
-        items = [Param(k[:250], v[:6000]) for k, v in params.items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        if self.enabled:
+            self._call({"op": "params", "params": {k[:250]: str(v)[:6000] for k, v in params.items()}})
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if not self.enabled:
-            return
-        for k, v in metrics.items():
-            if self._resumed_metrics.get(k) == float(v):  # logged before the resume: no second point
-                continue
-            self.client.log_metric(self.run_id, k, float(v), step=step)
+        if self.enabled and metrics:
+            values = {
+                k: float(v)
+                for k, v in metrics.items()
+                if self._resumed_metrics.get(k) != float(v)  # logged before a resume: no second point
+            }
+            if values:
+                self._call({"op": "metrics", "metrics": values, "step": step, "timestamp": _now_ms()})
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        if self.enabled:
-            for k, v in tags.items():
-                self.client.set_tag(self.run_id, k, str(v))
+        if self.enabled and tags:
+            self._call({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        if not self.enabled:
-            return
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if self.enabled:
+            self._call({"op": "artifact", "local": str(Path(path).resolve()), "artifact_path": artifact_path})
 
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.enabled:
-            self.client.log_text(self.run_id, text, artifact_file)
+            self._call({"op": "text", "text": text, "artifact_file": artifact_file})
 
     def log_table(self, frame, artifact_file: str) -> None:
         """A DataFrame as an MLflow table artifact (shown as a table in the UI's artifact view)."""
         if self.enabled:
-            self.client.log_table(self.run_id, data=frame, artifact_file=artifact_file)
+            self._call({"op": "table", "frame": frame, "artifact_file": artifact_file})
 
     def lightning_logger(self):
-        """A Lightning logger writing metrics into this run (it never ends the run itself)."""
+        """A Lightning logger writing metrics into this run through its tracking calls (it never ends
+        the run itself)."""
         if not self.enabled:
             from lightning.pytorch.loggers import CSVLogger
 
             return CSVLogger(save_dir=str(self.run_dir), name="metrics", version="")
-        from lightning.pytorch.loggers import MLFlowLogger
+        from encoderlab.run_logger import RunLogger
 
-        class _RunOwnedMLFlowLogger(MLFlowLogger):
-            def finalize(self, status: str = "success") -> None:  # TrackedRun sets the final status
-                pass
+        return RunLogger(self)
 
-        return _RunOwnedMLFlowLogger(
-            experiment_name=self.cfg.experiment_name,
-            tracking_uri=self.tracking_uri,
-            run_id=self.run_id,
-            log_model=False,
-        )
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def resolved_config(cfg: DictConfig) -> dict:

@@ -106,6 +106,7 @@ def _check_logger(logger: DictConfig) -> None:
         _fail("logger.heartbeat_s", logger.heartbeat_s, "seconds >= 0 (0: no heartbeat)")
     if logger.stale_after_s <= 0:
         _fail("logger.stale_after_s", logger.stale_after_s, "seconds > 0")
+    _check_logger_ranges(logger)
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -181,6 +182,29 @@ def _check_encoding(ds: DictConfig) -> None:
         codecs.lookup(ds.encoding)
     except (LookupError, TypeError):
         _fail("dataset.encoding", ds.encoding, "a Python codec name, e.g. utf-8, latin-1, cp1252, utf-16")
+
+
+# logger.* outage keys: (low, high, low included); MLflow caps retries at 10 and the back-off at 120
+LOGGER_RANGES = {
+    "connect_timeout_s": (0, 60, False),
+    "request_timeout_s": (1, 600, True),
+    "max_retries": (0, 10, True),
+    "backoff_factor": (0, 120, True),
+    "retry_interval_s": (0, 3600, False),
+    "final_sync_timeout_s": (0, 86400, True),
+}
+
+
+def _check_logger_ranges(logger: DictConfig) -> None:
+    for key, (low, high, closed) in LOGGER_RANGES.items():
+        value = logger.get(key)
+        ok = _is_number(value) and (value >= low if closed else value > low) and value <= high
+        if not ok:
+            _fail(
+                f"logger.{key}",
+                value,
+                f"a number in {'[' if closed else '('}{low}, {high}] (seconds or a count)",
+            )
 
 
 def _is_number(value: object) -> bool:

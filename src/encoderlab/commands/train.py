@@ -10,6 +10,9 @@ def task(cfg) -> float | None:
     from encoderlab.validate import validate_config
 
     validate_config(cfg)
+    from encoderlab.tracking_journal import preflight
+
+    preflight(cfg)  # an unreachable tracking server fails here, before the heavy imports
     from encoderlab.train import train
 
     return train(cfg)
