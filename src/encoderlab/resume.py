@@ -105,7 +105,16 @@ def locate(target: str, tracking_uri: str | None = None) -> Target:
             f"MLflow run {run_id} is FINISHED: there is nothing to resume (its metrics and model are final). "
             f"To train the same config again: encoderlab reproduce {run_id}."
         )
-    if run.info.status == "RUNNING":
+    if run.info.status == "RUNNING":  # opening the store marked it FAILED if its process provably died
+        from encoderlab.tracking import HOST_TAG, PID_TAG
+
+        tags = run.data.tags
+        if tags.get(HOST_TAG):
+            raise EncoderlabError(
+                f"MLflow run {run_id} is still RUNNING (host {tags[HOST_TAG]}, pid {tags.get(PID_TAG)}): "
+                "its process is alive or, on another host, its heartbeat is recent. Stop it first (SIGTERM "
+                "saves last.ckpt), then resume."
+            )
         log.warning("MLflow run %s is marked RUNNING; resuming it as a run whose process is gone", run_id)
     return Target(run_dir, cfg, run_id, uri)
 

@@ -140,7 +140,7 @@ def process_tags(heartbeat_s: float = 0) -> dict[str, str]:
         HOST_TAG: socket.gethostname(),
         PID_TAG: str(os.getpid()),
         PID_STARTED_TAG: f"{psutil.Process().create_time():.2f}",
-        HEARTBEAT_TAG: str(int(time.time())),
+        HEARTBEAT_TAG: f"{time.time():.3f}",
         HEARTBEAT_S_TAG: str(heartbeat_s),
     }
 
@@ -266,7 +266,7 @@ class Heartbeat:
             if self.paused():
                 continue
             try:
-                self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+                self.client.set_tag(self.run_id, HEARTBEAT_TAG, f"{time.time():.3f}")
             except Exception as ex:
                 log.debug("Heartbeat of run %s not recorded: %s", self.run_id, ex)
 
