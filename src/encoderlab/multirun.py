@@ -33,6 +33,11 @@ class MLflowParentRun(Callback):
         self.parent = None
         self._previous_env: str | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the joblib launcher pickles Hydra's callbacks into its workers: the parent run (its client and
+        # heartbeat thread) stays with the process that owns it; jobs find it through the environment
+        return {**self.__dict__, "parent": None}
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.backend != "mlflow":
             return
