@@ -30,8 +30,12 @@ def training_started(db) -> bool:
     return bool(rows)
 
 
-def train_then_signal(isolated, tiny_bert, signum: int) -> subprocess.CompletedProcess:
-    cmd = tiny_train_cmd(tiny_bert, "trainer.max_epochs=200", "trainer.log_every_n_steps=1", "analysis=none")
+def train_then_signal(isolated, tiny_bert, signum: int, *grid: str) -> subprocess.CompletedProcess:
+    cmd = tiny_train_cmd(
+        tiny_bert, "trainer.max_epochs=200", "trainer.log_every_n_steps=1", "analysis=none", *grid
+    )
+    if grid:  # `encoderlab train -m ...`
+        cmd.insert(cmd.index("train") + 1, "-m")
     proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 180
@@ -66,6 +70,20 @@ def test_signal_mid_training_marks_the_run_killed_and_exits_nonzero(
     # one line says what happened, to which run, and where its files are
     (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith("encoderlab: ")]
     assert reason in line and run.info.run_id in line and run.data.tags["encoderlab.run_dir"] in line
+    assert "Traceback" not in res.stderr
+
+
+def test_a_signal_during_a_grid_marks_the_grid_parent_killed_too(isolated, tiny_bert, mlflow_client):
+    """`train -m`: the running job's run and the grid's parent run both end KILLED with the signal named
+    (not FAILED, which would say a job broke), and the process exits 143."""
+    res = train_then_signal(isolated, tiny_bert, signal.SIGTERM, "seed=1,2")
+    assert res.returncode == 143, res.stderr[-3000:]
+    runs = all_runs(mlflow_client)
+    (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "grid"]
+    (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    for run in (parent, child):
+        assert run.info.status == "KILLED"
+        assert run.data.tags["encoderlab.error"] == "killed by SIGTERM"
     assert "Traceback" not in res.stderr
 
 

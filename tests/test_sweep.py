@@ -365,10 +365,13 @@ def test_sigterm_killed_sweep_exits_143_and_resumes(cli, isolated, mlflow_client
     (killed,) = [r for r in all_runs(mlflow_client) if r.data.tags.get("encoderlab.trial") == "0"]
     assert killed.info.status == "KILLED"
     assert killed.data.tags["encoderlab.error"] == "killed by SIGTERM"
+    (parent,) = [r for r in all_runs(mlflow_client) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "KILLED" and parent.data.tags["encoderlab.error"] == "killed by SIGTERM"
     time.sleep(3.5)  # past the grace period: the trial's heartbeat has stopped
     res = cli("sweep", "sweep=tiny", "trainer.max_epochs=2")
     assert res.code == 0, res.err
     assert states(load_study(isolated)) == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert mlflow_client.get_run(parent.info.run_id).info.status == "FINISHED"  # the same parent, resumed
 
 
 @pytest.mark.slow

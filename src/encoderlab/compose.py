@@ -82,7 +82,7 @@ def run_hydra(argv: list[str], config_name: str, task: Callable, prog: str) -> i
         print(f"error: {message}", file=sys.stderr)
         return 2
     finally:
-        close_open_parent()
+        close_open_parent(sys.exc_info()[1])
         sys.argv = saved_argv
         if not user_full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)

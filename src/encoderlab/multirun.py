@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 _OPEN: MLflowParentRun | None = None  # the sweep whose parent run is still open (for close_open_parent)
 
 
-def close_open_parent() -> None:
-    """End a parent run left open because a job failed: Hydra then raises before on_multirun_end."""
+def close_open_parent(exc: BaseException | None = None) -> None:
+    """End a parent run left open because a job failed or a signal stopped the sweep (`exc`): Hydra
+    then raises before on_multirun_end."""
     if _OPEN is not None:
-        _OPEN.finish(sweep_failed=True)
+        _OPEN.finish(sweep_failed=True, exc=exc)
 
 
 class MLflowParentRun(Callback):
@@ -65,16 +66,22 @@ class MLflowParentRun(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.finish()
 
-    def finish(self, sweep_failed: bool = False) -> None:
-        """Children's count per status on the parent; FAILED when a job failed (with or without a run)."""
+    def finish(self, sweep_failed: bool = False, exc: BaseException | None = None) -> None:
+        """Children's count per status on the parent; FAILED when a job failed (with or without a run),
+        KILLED with the signal named when a signal stopped the sweep."""
         global _OPEN
         _OPEN = None
         if self.parent is None:
             return
+        from encoderlab.signals import reason, signal_of
         from encoderlab.tracking import PARENT_RUN_ENV
 
-        error = "a job of the sweep failed (see its log)" if sweep_failed else None
-        counts = self.parent.finish(error=error)
+        signum = signal_of(exc)
+        if signum is not None:
+            counts = self.parent.finish(status="KILLED", error=reason(signum))
+        else:
+            error = "a job of the sweep failed (see its log)" if sweep_failed else None
+            counts = self.parent.finish(error=error)
         if self._previous_env is None:
             os.environ.pop(PARENT_RUN_ENV, None)
         else:

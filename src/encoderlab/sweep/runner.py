@@ -109,6 +109,14 @@ def run_sweep(
         return _run_study(
             study, space, overrides, base_cfg, client, parent_id, url, workers, worker, retest_spec, argv
         )
+    except BaseException as ex:
+        from encoderlab.signals import reason, signal_of
+
+        signum = signal_of(ex)
+        if signum is not None and parent is not None and parent.heartbeat is not None:
+            # this process owns the parent run: KILLED with the signal named (rerunning resumes it)
+            parent.finish(status="KILLED", error=reason(signum))
+        raise
     finally:
         if parent is not None:
             parent.stop_heartbeat()
