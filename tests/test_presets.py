@@ -3,9 +3,13 @@ the quickstart preset trains for real on the bundled data, with no mirror and no
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
+from omegaconf import OmegaConf
 
+from encoderlab.paths import bundled_data_dir
 from helpers import FAST, PRESETS, SCRATCH_SMALL, all_runs, artifacts
 
 pytestmark = pytest.mark.slow
@@ -31,7 +35,7 @@ def test_preset_runs_a_couple_of_steps(cli, tiny_bert, mlflow_client, preset):
     assert 0.0 <= run.data.metrics["test/accuracy"] <= 1.0
 
 
-def test_quickstart_trains_on_the_bundled_data_without_a_mirror(cli, mlflow_client, monkeypatch):
+def test_quickstart_trains_on_the_bundled_data_without_a_mirror(cli, mlflow_client, monkeypatch, isolated):
     """`encoderlab train experiment=quickstart` as a fresh install runs it: no ENCODERLAB_DATA_DIR, the
     bundled UCI sentences, a tokenizer trained on them; one epoch instead of the preset's few."""
     monkeypatch.delenv("ENCODERLAB_DATA_DIR")
@@ -47,9 +51,11 @@ def test_quickstart_trains_on_the_bundled_data_without_a_mirror(cli, mlflow_clie
     (run,) = all_runs(mlflow_client)
     assert run.info.status == "FINISHED"
     assert run.data.params["dataset.name"] == "uci_sentences"
-    assert (
-        "encoderlab/data/bundled/uci_sentences/train.parquet" in run.data.params["dataset.data_files.train"]
-    )
+    # logged by name, not by this installation's path, so the config reruns on another machine
+    assert run.data.params["dataset.data_files.train"] == "${bundled:uci_sentences/train.parquet}"
+    logged = Path(mlflow_client.download_artifacts(run.info.run_id, "config/config.yaml", str(isolated)))
+    data_files = OmegaConf.load(logged).dataset.data_files
+    assert Path(data_files.test) == bundled_data_dir() / "uci_sentences" / "test.parquet"
     m = run.data.metrics
     assert (m["data/train_rows"], m["data/validation_rows"], m["data/test_rows"]) == (2160, 240, 600)
     assert m["test/accuracy"] > 0.6  # one epoch on 2,160 sentences already beats chance (0.5) clearly

@@ -855,4 +855,16 @@ def _now_ms() -> int:
 
 
 def resolved_config(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    """The config with its interpolations resolved, except `${bundled:...}`: a bundled file's absolute
+    path is this installation's, so the logged config keeps the name that resolves on any other."""
+    return _keep_bundled(OmegaConf.to_container(cfg, resolve=True), OmegaConf.to_container(cfg))
+
+
+def _keep_bundled(resolved: Any, raw: Any) -> Any:
+    if isinstance(raw, str) and raw.startswith("${bundled:"):
+        return raw
+    if isinstance(resolved, dict) and isinstance(raw, dict):
+        return {k: _keep_bundled(v, raw.get(k)) for k, v in resolved.items()}
+    if isinstance(resolved, list) and isinstance(raw, list) and len(resolved) == len(raw):
+        return [_keep_bundled(v, r) for v, r in zip(resolved, raw, strict=True)]
+    return resolved

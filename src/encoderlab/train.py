@@ -123,8 +123,9 @@ def _tidy_lightning_output() -> None:
 
 def log_config(cfg: DictConfig, run: TrackedRun, run_dir: Path) -> None:
     """The resolved config as params and config/config.yaml, Hydra's record, the command-line overrides."""
-    run.log_params(flatten(resolved_config(cfg)))
-    run.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+    resolved = resolved_config(cfg)
+    run.log_params(flatten(resolved))
+    run.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config/config.yaml")
     hydra_dir = run_dir / ".hydra"
     if HydraConfig.initialized() and hydra_dir.is_dir():
         run.log_artifact(hydra_dir, "config/hydra")
