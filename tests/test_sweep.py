@@ -309,38 +309,69 @@ def test_unknown_sweep_name_lists_the_available_ones(cli, isolated):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_with_exact_trial_count(cli, isolated, mlflow_client):
-    """SIGKILL mid-trial, rerun: exactly n_trials complete, the killed trial FAIL in Optuna and in MLflow."""
+def test_killed_trial_resumes_from_its_last_checkpoint_in_a_retry(cli, isolated, mlflow_client):
+    """SIGKILL mid-trial after trial 0 saved last.ckpt, rerun: trial 0 is FAIL (heartbeat) and not counted;
+    trial 1 retries it with its params, continuing its MLflow run from the checkpoint (one validation
+    point per epoch, none twice) with trial 0's reported values copied in; exactly n_trials counted."""
     write_space(isolated, study={**TINY["study"], "n_trials": 2})
-    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=30"]
-    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["sweep", "sweep=tiny", "trainer.max_epochs=3", "num_threads=1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "encoderlab", *args],
+        cwd=isolated,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    trial_dir = isolated / "outputs" / "sweeps" / "tiny" / "trial_0000"
     try:
         deadline = time.time() + 120
-        # wait until the first trial is training (its checkpoint of the first epoch exists)
-        while not list((isolated / "outputs" / "sweeps" / "tiny").glob("trial_0000/checkpoints/*.ckpt")):
+        while not (trial_dir / "checkpoints" / "last.ckpt").exists():  # saved at the first validation
             assert proc.poll() is None and time.time() < deadline, "the sweep did not start training"
-            time.sleep(0.5)
+            time.sleep(0.1)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert not (trial_dir / "metrics.json").exists(), "killed too late: trial 0 finished"
+    (dead_run,) = [r for r in all_runs(mlflow_client) if r.data.tags.get("encoderlab.trial") == "0"]
+    dead_values = dict(load_study(isolated).trials[0].intermediate_values)
     time.sleep(3.5)  # past the grace period: the trial's heartbeat has stopped
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = cli("sweep", "sweep=tiny", "trainer.max_epochs=2")
+        res = cli(*args)
     assert res.code == 0, res.err
+    assert "trial 1 resumes dead trial 0 from" in res.err
+    assert "with its own overrides" not in res.err  # the same command: the same config
     # the heartbeat machinery is optuna-"experimental": no warning about it at every trial
     assert not [w for w in caught if w.category.__name__ == "ExperimentalWarning"]
+
     study = load_study(isolated)
     assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"]
-    numbers = [t.number for t in study.trials]
-    assert numbers == sorted(set(numbers))
-    runs = {
-        r.data.tags.get("encoderlab.trial"): r
-        for r in all_runs(mlflow_client)
-        if "encoderlab.trial" in r.data.tags
-    }
-    assert runs["0"].info.status == "FAILED" and runs["0"].data.tags["encoderlab.trial_state"] == "FAIL"
-    assert runs["1"].info.status == runs["2"].info.status == "FINISHED"
+    dead, retry, fresh = study.trials
+    assert retry.params == dead.params and retry.user_attrs["resumes_trial"] == 0
+    assert retry.user_attrs["run_dir"] == str(trial_dir)
+    assert sorted(retry.intermediate_values) == [0, 1, 2]  # the whole curve, one value per epoch
+    assert dead_values and dead.intermediate_values == dead_values
+    for step, value in dead_values.items():  # (a validation killed before its save is redone: same value)
+        assert retry.intermediate_values[step] == pytest.approx(value, abs=1e-6)
+
+    parent, children, _ = study_runs(mlflow_client)
+    assert len(children) == 2  # trial 0's run continued, not a third run
+    run = mlflow_client.get_run(dead_run.info.run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["encoderlab.trial"], tags["encoderlab.resumed_trial"], tags["encoderlab.resumed"]) == (
+        "1",
+        "0",
+        "1",
+    )
+    assert tags["encoderlab.trial_state"] == "COMPLETE"
+    assert run.data.metrics["trial/objective"] == pytest.approx(retry.value)
+    history = mlflow_client.get_metric_history(run.info.run_id, "val/accuracy")
+    steps = [m.step for m in history]
+    assert len(steps) == 3 and len(set(steps)) == 3, steps
+    assert max(m.value for m in history) == pytest.approx(retry.value)
+    (other,) = [c for c in children if c.info.run_id != run.info.run_id]
+    assert other.data.tags["encoderlab.trial"] == "2" and other.info.status == "FINISHED"
+    assert "encoderlab.resumed" not in other.data.tags
 
 
 @pytest.mark.slow
