@@ -375,9 +375,9 @@ def mark_trial_runs(
     skip_marked: bool = False,
     value: float | None = None,
 ) -> None:
-    """Tag the trial's runs with its Optuna state and end those not FINISHED with `status`; `value`, the
-    trial's objective, is logged on each as `trial/objective`: with seeds_per_trial > 1 no single run
-    holds it. skip_marked: skip the runs that ended and already carry a state (a FAIL trial is
+    """Tag the trial's runs with its Optuna state and end those not FINISHED or KILLED with `status`;
+    `value`, the trial's objective, is logged on each as `trial/objective`: with seeds_per_trial > 1 no
+    single run holds it. skip_marked: skip the runs that ended and already carry a state (a FAIL trial is
     re-checked on every pass; its finished seeds get tagged once)."""
     if parent_id is None:
         return
@@ -394,5 +394,6 @@ def mark_trial_runs(
         client.set_tag(r.info.run_id, "encoderlab.trial_state", state)
         if value is not None:
             client.log_metric(r.info.run_id, "trial/objective", value)
-        if status is not None and r.info.status not in ("FINISHED", status):  # a finished seed stays so
+        # a finished seed stays so; a KILLED run keeps the status that goes with its signal-naming error
+        if status is not None and r.info.status not in ("FINISHED", "KILLED", status):
             client.set_terminated(r.info.run_id, status)
