@@ -374,6 +374,56 @@ def test_killed_trial_resumes_from_its_last_checkpoint_in_a_retry(cli, isolated,
     assert "encoderlab.resumed" not in other.data.tags
 
 
+def test_only_dead_trials_with_a_checkpoint_are_retried_once_and_the_first_retry_wins(isolated):
+    """Which FAIL trials get a retry (same params): those whose process died and left a last.ckpt, one
+    retry each, within n_trials' free slots; not a trial whose objective raised, nor a surplus one. Two
+    workers that enqueued a retry of the same trial at once: the later one is skipped, not counted."""
+    import zipfile
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from encoderlab.errors import EncoderlabError
+    from encoderlab.sweep.trials import SurplusTrial, enqueue_retries, resume_plan, trial_dir
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", direction="maximize")
+    dist = {"optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    attrs = [{}, {"error": "ValueError: boom"}, {"surplus": True}, {}, {}]
+    for i, user_attrs in enumerate(attrs):
+        study.add_trial(
+            create_trial(
+                state=TrialState.FAIL,
+                params={"optimizer.lr": 1e-3 * (i + 1)},
+                distributions=dist,
+                user_attrs=user_attrs,
+                intermediate_values={0: 0.5},
+            )
+        )
+    for i in (0, 1, 2, 4):  # trial 3 died before its first validation: no last.ckpt
+        ckpt = trial_dir("s", i) / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        with zipfile.ZipFile(ckpt, "w") as z:  # a zip archive, as torch checkpoints are, but not one
+            z.writestr("archive/data.pkl", b"not a pickle")
+    assert enqueue_retries(study, target=1) == [0]  # one free slot
+    assert enqueue_retries(study, target=3) == [4]  # 0 is claimed by its waiting retry
+    assert enqueue_retries(study, target=10) == []  # each dead trial is retried once
+    retries = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.user_attrs["resumes_trial"], t.system_attrs["fixed_params"]) for t in retries] == [
+        (0, {"optimizer.lr": 1e-3}),
+        (4, {"optimizer.lr": 5e-3}),
+    ]
+    # another worker enqueued a retry of trial 0 in the same instant
+    study.enqueue_trial(study.trials[0].params, user_attrs=dict(retries[0].user_attrs))
+    first, _, late = study.ask(), study.ask(), study.ask()
+    with pytest.raises(SurplusTrial):
+        resume_plan(study, late, "unused", None)
+    assert late.user_attrs["duplicate_of"] == first.number
+    with pytest.raises(EncoderlabError, match="does not load .* goes on with fresh params"):
+        resume_plan(study, first, "unused", None)  # the slot goes to a fresh trial
+
+
 @pytest.mark.slow
 def test_sigterm_killed_sweep_exits_143_and_resumes(cli, isolated, mlflow_client):
     """SIGTERM (preemption, `timeout`) mid-trial: the sweep exits 143, not 0, the trial's run is KILLED
