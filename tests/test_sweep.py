@@ -309,52 +309,140 @@ def test_unknown_sweep_name_lists_the_available_ones(cli, isolated):
 
 
 @pytest.mark.slow
-def test_killed_sweep_resumes_with_exact_trial_count(cli, isolated, mlflow_client):
-    """SIGKILL mid-trial, rerun: exactly n_trials complete, the killed trial FAIL in Optuna and in MLflow."""
+def test_killed_trial_resumes_from_its_last_checkpoint_in_a_retry(cli, isolated, mlflow_client):
+    """SIGKILL mid-trial after trial 0 saved last.ckpt, rerun: trial 0 is FAIL (heartbeat) and not counted;
+    trial 1 retries it with its params, continuing its MLflow run from the checkpoint (one validation
+    point per epoch, none twice) with trial 0's reported values copied in; exactly n_trials counted."""
     write_space(isolated, study={**TINY["study"], "n_trials": 2})
-    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=30"]
-    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = ["sweep", "sweep=tiny", "trainer.max_epochs=2", "num_threads=1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "encoderlab", *args],
+        cwd=isolated,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    trial_dir = isolated / "outputs" / "sweeps" / "tiny" / "trial_0000"
     try:
         deadline = time.time() + 120
-        # wait until the first trial is training (its checkpoint of the first epoch exists)
-        while not list((isolated / "outputs" / "sweeps" / "tiny").glob("trial_0000/checkpoints/*.ckpt")):
+        while not (trial_dir / "checkpoints" / "last.ckpt").exists():  # saved at the first validation
             assert proc.poll() is None and time.time() < deadline, "the sweep did not start training"
-            time.sleep(0.5)
+            time.sleep(0.1)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert not (trial_dir / "metrics.json").exists(), "killed too late: trial 0 finished"
+    (dead_run,) = [r for r in all_runs(mlflow_client) if r.data.tags.get("encoderlab.trial") == "0"]
+    dead_values = dict(load_study(isolated).trials[0].intermediate_values)
     time.sleep(3.5)  # past the grace period: the trial's heartbeat has stopped
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = cli("sweep", "sweep=tiny", "trainer.max_epochs=2")
+        res = cli(*args)
     assert res.code == 0, res.err
+    assert "trial 1 resumes dead trial 0 from" in res.err
+    assert "with its own overrides" not in res.err  # the same command: the same config
     # the heartbeat machinery is optuna-"experimental": no warning about it at every trial
     assert not [w for w in caught if w.category.__name__ == "ExperimentalWarning"]
+
     study = load_study(isolated)
     assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"]
-    numbers = [t.number for t in study.trials]
-    assert numbers == sorted(set(numbers))
-    runs = {
-        r.data.tags.get("encoderlab.trial"): r
-        for r in all_runs(mlflow_client)
-        if "encoderlab.trial" in r.data.tags
-    }
-    assert runs["0"].info.status == "FAILED" and runs["0"].data.tags["encoderlab.trial_state"] == "FAIL"
-    assert runs["1"].info.status == runs["2"].info.status == "FINISHED"
+    dead, retry, fresh = study.trials
+    assert retry.params == dead.params and retry.user_attrs["resumes_trial"] == 0
+    assert retry.user_attrs["run_dir"] == str(trial_dir)
+    assert sorted(retry.intermediate_values) == [0, 1]  # the whole curve, one value per epoch
+    assert dead_values and dead.intermediate_values == dead_values
+    for step, value in dead_values.items():  # (a validation killed before its save is redone: same value)
+        assert retry.intermediate_values[step] == pytest.approx(value, abs=1e-6)
+
+    parent, children, _ = study_runs(mlflow_client)
+    assert len(children) == 2  # trial 0's run continued, not a third run
+    run = mlflow_client.get_run(dead_run.info.run_id)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert (tags["encoderlab.trial"], tags["encoderlab.resumed_trial"], tags["encoderlab.resumed"]) == (
+        "1",
+        "0",
+        "1",
+    )
+    assert tags["encoderlab.trial_state"] == "COMPLETE"
+    assert run.data.metrics["trial/objective"] == pytest.approx(retry.value)
+    history = mlflow_client.get_metric_history(run.info.run_id, "val/accuracy")
+    steps = [m.step for m in history]
+    assert len(steps) == 2 and len(set(steps)) == 2, steps
+    assert max(m.value for m in history) == pytest.approx(retry.value)
+    (other,) = [c for c in children if c.info.run_id != run.info.run_id]
+    assert other.data.tags["encoderlab.trial"] == "2" and other.info.status == "FINISHED"
+    assert "encoderlab.resumed" not in other.data.tags
+
+
+def test_only_dead_trials_with_a_checkpoint_are_retried_once_and_the_first_retry_wins(isolated):
+    """Which FAIL trials get a retry (same params): those whose process died and left a last.ckpt, one
+    retry each, within n_trials' free slots; not a trial whose objective raised, nor a surplus one. Two
+    workers that enqueued a retry of the same trial at once: the later one is skipped, not counted."""
+    import zipfile
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from encoderlab.errors import EncoderlabError
+    from encoderlab.sweep.trials import SurplusTrial, enqueue_retries, resume_plan, trial_dir
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", direction="maximize")
+    dist = {"optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True)}
+    attrs = [{}, {"error": "ValueError: boom"}, {"surplus": True}, {}, {}]
+    for i, user_attrs in enumerate(attrs):
+        study.add_trial(
+            create_trial(
+                state=TrialState.FAIL,
+                params={"optimizer.lr": 1e-3 * (i + 1)},
+                distributions=dist,
+                user_attrs=user_attrs,
+                intermediate_values={0: 0.5},
+            )
+        )
+    for i in (0, 1, 2, 4):  # trial 3 died before its first validation: no last.ckpt
+        ckpt = trial_dir("s", i) / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        with zipfile.ZipFile(ckpt, "w") as z:  # a zip archive, as torch checkpoints are, but not one
+            z.writestr("archive/data.pkl", b"not a pickle")
+    assert enqueue_retries(study, target=1) == [0]  # one free slot
+    assert enqueue_retries(study, target=3) == [4]  # 0 is claimed by its waiting retry
+    assert enqueue_retries(study, target=10) == []  # each dead trial is retried once
+    retries = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.user_attrs["resumes_trial"], t.system_attrs["fixed_params"]) for t in retries] == [
+        (0, {"optimizer.lr": 1e-3}),
+        (4, {"optimizer.lr": 5e-3}),
+    ]
+    # another worker enqueued a retry of trial 0 in the same instant
+    study.enqueue_trial(study.trials[0].params, user_attrs=dict(retries[0].user_attrs))
+    first, _, late = study.ask(), study.ask(), study.ask()
+    with pytest.raises(SurplusTrial):
+        resume_plan(study, late, "unused", None)
+    assert late.user_attrs["duplicate_of"] == first.number
+    with pytest.raises(EncoderlabError, match="does not load .* goes on with fresh params"):
+        resume_plan(study, first, "unused", None)  # the slot goes to a fresh trial
 
 
 @pytest.mark.slow
 def test_sigterm_killed_sweep_exits_143_and_resumes(cli, isolated, mlflow_client):
     """SIGTERM (preemption, `timeout`) mid-trial: the sweep exits 143, not 0, the trial's run is KILLED
-    with the signal named; a rerun fails the trial (heartbeat) and still completes exactly n_trials."""
+    with the signal named; a rerun fails the trial (heartbeat), retries it from the last.ckpt the signal
+    saved (its KILLED run goes on to FINISHED) and completes exactly n_trials."""
     write_space(isolated, study={**TINY["study"], "n_trials": 2})
-    cmd = [sys.executable, "-m", "encoderlab", "sweep", "sweep=tiny", "trainer.max_epochs=30"]
-    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = ["sweep", "sweep=tiny", "trainer.max_epochs=2", "num_threads=1"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "encoderlab", *args],
+        cwd=isolated,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not list((isolated / "outputs" / "sweeps" / "tiny").glob("trial_0000/checkpoints/*.ckpt")):
             assert proc.poll() is None and time.time() < deadline, "the sweep did not start training"
-            time.sleep(0.5)
+            time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -368,9 +456,14 @@ def test_sigterm_killed_sweep_exits_143_and_resumes(cli, isolated, mlflow_client
     (parent,) = [r for r in all_runs(mlflow_client) if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "KILLED" and parent.data.tags["encoderlab.error"] == "killed by SIGTERM"
     time.sleep(3.5)  # past the grace period: the trial's heartbeat has stopped
-    res = cli("sweep", "sweep=tiny", "trainer.max_epochs=2")
+    res = cli(*args)
     assert res.code == 0, res.err
-    assert states(load_study(isolated)) == ["FAIL", "COMPLETE", "COMPLETE"]
+    study = load_study(isolated)
+    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].user_attrs["resumes_trial"] == 0
+    resumed = mlflow_client.get_run(killed.info.run_id)
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["encoderlab.resumed_trial"] == "0"
+    assert resumed.data.tags["encoderlab.resumed_from"] == "KILLED: killed by SIGTERM"
     assert mlflow_client.get_run(parent.info.run_id).info.status == "FINISHED"  # the same parent, resumed
 
 
