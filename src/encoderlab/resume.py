@@ -53,7 +53,7 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
 def locate(target: str, tracking_uri: str | None = None) -> Target:
     """A run directory or an MLflow run id -> the run to resume; errors say what is missing."""
-    from encoderlab.tracking import default_tracking_uri, tracking_client
+    from encoderlab.tracking import default_tracking_uri, logged_run, tracking_client
 
     path = Path(target).expanduser()
     if path.is_dir():
@@ -77,16 +77,7 @@ def locate(target: str, tracking_uri: str | None = None) -> Target:
             raise EncoderlabError(
                 f"'{target}' is neither a run directory nor an MLflow run id (32 hex characters)."
             )
-        from mlflow.exceptions import MlflowException
-
-        uri = tracking_uri or default_tracking_uri()
-        client = tracking_client(uri)
-        try:
-            run = client.get_run(target)
-        except MlflowException as ex:
-            raise EncoderlabError(
-                f"No MLflow run with id {target} in the tracking store {uri} (another store: --tracking-uri)."
-            ) from ex
+        client, run, uri = logged_run(target, tracking_uri)
         where = run.data.tags.get("encoderlab.run_dir")
         if not where:
             raise EncoderlabError(

@@ -81,6 +81,21 @@ def open_store(url: str, opener: Callable[[], T], attempts: int = 5) -> T:
 STALE_AFTER_S = 600.0  # logger.stale_after_s's default: a run on another host silent this long died
 
 
+def logged_run(run_id: str, tracking_uri: str | None = None):
+    """(client, run, uri) of an MLflow run by id; an error naming the store when it has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri or default_tracking_uri()
+    client = tracking_client(uri)
+    try:
+        return client, client.get_run(run_id), uri
+    except MlflowException as ex:
+        raise EncoderlabError(
+            f"No MLflow run with id {run_id} in the tracking store {uri} (another store: --tracking-uri or "
+            "MLFLOW_TRACKING_URI)."
+        ) from ex
+
+
 def tracking_client(uri: str | None = None, stale_after_s: float = STALE_AFTER_S):
     """An MlflowClient on `uri` (default_tracking_uri() when None), its store created safely (open_store);
     RUNNING runs whose process provably died are marked FAILED first (mark_stale_runs)."""

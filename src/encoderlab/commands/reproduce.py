@@ -36,14 +36,9 @@ def main(argv: list[str]) -> int:
 
     from mlflow.exceptions import MlflowException
 
-    from encoderlab.tracking import default_tracking_uri, git_state, tracking_client
+    from encoderlab.tracking import git_state, logged_run
 
-    uri = args.tracking_uri or default_tracking_uri()
-    client = tracking_client(uri)
-    try:
-        old = client.get_run(args.run_id)
-    except MlflowException as ex:
-        raise EncoderlabError(f"No MLflow run with id {args.run_id} in the tracking store {uri}.") from ex
+    client, old, _ = logged_run(args.run_id, args.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             values = yaml.safe_load(

@@ -75,19 +75,10 @@ def resolve_model_dir(source: str, tracking_uri: str | None = None) -> tuple[Pat
 
 def _download_run_model(run_id: str, tracking_uri: str | None) -> Path:
     import mlflow
-    from mlflow.exceptions import MlflowException
 
-    from encoderlab.tracking import default_tracking_uri, tracking_client
+    from encoderlab.tracking import logged_run
 
-    uri = tracking_uri or default_tracking_uri()
-    client = tracking_client(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as ex:
-        raise EncoderlabError(
-            f"No MLflow run with id {run_id} in the tracking store {uri} (set MLFLOW_TRACKING_URI or "
-            f"--tracking-uri to the store the run was logged to)."
-        ) from ex
+    client, run, uri = logged_run(run_id, tracking_uri)
     local = Path(run.data.tags.get("encoderlab.run_dir", "")) / "model"
     if (local / "config.json").is_file() and _metadata(local).get("run_id") == run_id:
         return local  # same machine, and the directory still holds this run's model: no copy needed
