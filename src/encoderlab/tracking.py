@@ -505,7 +505,7 @@ class TrackedRun:
     ) -> None:
         self.cfg = cfg
         self.resume_run_id = resume_run_id  # encoderlab resume: reopen this run instead of creating one
-        self._resumed_metrics: dict[str, float] = {}  # its metrics' latest values when reopened
+        self._resumed_points: dict[str, set[tuple[int, float]]] = {}  # (step, value) logged before a resume
         self.command = command
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(tags or {})
@@ -636,7 +636,10 @@ class TrackedRun:
             self.client.delete_tag(run.info.run_id, "encoderlab.error")
         for k, v in new.items():
             self.client.set_tag(run.info.run_id, k, v)
-        self._resumed_metrics = dict(run.data.metrics)
+        self._resumed_points = {
+            key: {(m.step, m.value) for m in self.client.get_metric_history(run.info.run_id, key)}
+            for key in run.data.metrics
+        }
         return run
 
     def __exit__(self, exc_type, exc, tb) -> bool:
@@ -828,10 +831,11 @@ class TrackedRun:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.enabled and metrics:
+            at = step or 0
             values = {
                 k: float(v)
                 for k, v in metrics.items()
-                if self._resumed_metrics.get(k) != float(v)  # logged before a resume: no second point
+                if (at, float(v)) not in self._resumed_points.get(k, ())  # logged before a resume: once
             }
             if values:
                 self._call({"op": "metrics", "metrics": values, "step": step, "timestamp": _now_ms()})
