@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def test_logged_model_loads_with_pipeline(trained, mlflow_client, isolated):
     clf = pipeline("text-classification", model=model_dir)
     out = clf(["a moving and beautiful film", "dull , lifeless and far too long"])
     assert {o["label"] for o in out} <= {"negative", "positive"}
+    # the tokenizer file is saved as loaded, not with the padding the analyses' last call left on it
+    saved = json.loads((Path(model_dir) / "tokenizer.json").read_text())
+    assert saved["padding"] is None and saved["truncation"] is None
 
 
 def test_precision_auto_picks_bf16_only_where_the_cpu_has_it(cli, tiny_bert, mlflow_client):

@@ -278,6 +278,18 @@ RENAMED_KEYS: dict[str, str] = {
     "model.max_len": "model.max_positions",
     "model.attention": "model.attn_implementation",
 }
+# keys whose setting moved elsewhere when trainer/optimizer/scheduler/callbacks became `_target_` configs
+MOVED_KEYS: dict[str, str] = {
+    "trainer.num_threads": "a run-level key now: num_threads=N (trainer.* are lightning.pytorch.Trainer "
+    "arguments only)",
+    "trainer.compile": "a run-level key now: compile=true",
+    "trainer.val_every_n_steps": "Lightning's own key now: trainer.val_check_interval=N (training batches) "
+    "with trainer.check_val_every_n_epoch=null",
+    "optimizer.name": "the optimizer is its class now: optimizer._target_=torch.optim.SGD (any torch.optim "
+    "class, see conf/optimizer/adamw.yaml)",
+    "scheduler.name": "the scheduler is a config option now: scheduler=linear|cosine|constant",
+    "callbacks.early_stopping.enabled": "early stopping is a callbacks option now: callbacks=early_stopping",
+}
 
 
 def run_suffix() -> str:

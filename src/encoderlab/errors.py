@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import re
 from typing import Any
 
 
@@ -110,10 +111,23 @@ def heads_error(d_model: int, n_heads: int) -> ConfigError:
     )
 
 
+def moved_key_error(key: str) -> ConfigError | None:
+    """The error for a key whose setting moved elsewhere (config.MOVED_KEYS); else None."""
+    from encoderlab.config import MOVED_KEYS
+
+    if key not in MOVED_KEYS:
+        return None
+    return ConfigError(f"Config error: '{key}' is no longer a key; {MOVED_KEYS[key]}.")
+
+
 def renamed_key_error(key: str, allowed: list[str], value: Any = None) -> ConfigError | None:
-    """The error for a key that was renamed (config.RENAMED_KEYS) to one this section has; else None."""
+    """The error for a key that was renamed (config.RENAMED_KEYS) to one this section has, or whose setting
+    moved elsewhere (config.MOVED_KEYS); else None."""
     from encoderlab.config import ALLOWED_VALUES, RENAMED_KEYS
 
+    moved = moved_key_error(key)
+    if moved is not None:
+        return moved
     new = RENAMED_KEYS.get(key)
     if new is None or new.rsplit(".", 1)[-1] not in allowed:
         return None
@@ -233,6 +247,10 @@ def format_config_error(ex: BaseException) -> str | None:
     object_type = getattr(cause, "object_type", None)
     header = " ".join(str(ex).split()) if cause is not ex else ""
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
+        overridden = re.search(r"Could not override '([^']+)'", header)  # a key under a missing one
+        moved = moved_key_error(overridden.group(1) if overridden else full_key)
+        if moved is not None:
+            return str(moved)
         target = _node_target(getattr(cause, "parent_node", None))
         message = target_key_error(full_key, target) if target and "." in full_key else None
         if message:

@@ -304,6 +304,10 @@ def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, 
         model_dir = run_dir / "model"
         if model_dir.exists():
             shutil.rmtree(model_dir)
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is not None:  # saved as loaded, not with the padding/truncation the last call left on it
+            backend.no_padding()
+            backend.no_truncation()
         net.save_pretrained(model_dir, tokenizer)
         family = {ScratchEncoder: "scratch", HFEncoderClassifier: "hf"}.get(type(net), type(net).__qualname__)
         extra = {"run_id": run.run_id} if run.run_id else {}  # predict <run id> trusts only its own model

@@ -7,7 +7,14 @@ import dataclasses
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from encoderlab.config import ALLOWED_VALUES, SCHEMAS, HFModelConfig, ScratchModelConfig
-from encoderlab.errors import ConfigError, heads_error, renamed_key_error, require_extra, target_key_error
+from encoderlab.errors import (
+    ConfigError,
+    heads_error,
+    moved_key_error,
+    renamed_key_error,
+    require_extra,
+    target_key_error,
+)
 
 # groups whose options are `_target_` dicts, built with hydra.utils.instantiate (callbacks: a dict of them)
 TARGET_GROUPS = ("trainer", "optimizer", "scheduler")
@@ -302,7 +309,7 @@ def check_targets(cfg: DictConfig) -> None:
                     f"{targets.INJECTED[group][key]}. Remove it from {group}."
                 )
             if key not in params:
-                raise ConfigError(
+                raise moved_key_error(f"{where}.{key}") or ConfigError(
                     target_key_error(f"{where}.{key}", target) or f"unknown key '{where}.{key}'"
                 )
             annotation = params[key].annotation
