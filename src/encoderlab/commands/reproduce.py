@@ -10,25 +10,20 @@ today's encoderlab. A different git commit than the run's is reported, since cod
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
+from encoderlab.commands import command_parser
 from encoderlab.commands.train import task
 from encoderlab.compose import run_hydra, write_rerun_config
 from encoderlab.errors import EncoderlabError
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="encoderlab reproduce",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("reproduce", __doc__)
     p.add_argument("run_id", help="the MLflow run to reproduce")
     p.add_argument("overrides", nargs="*", help="extra overrides on top of the logged config")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db")

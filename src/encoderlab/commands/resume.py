@@ -10,21 +10,17 @@ steps they would have had), then test, report and export run as for `encoderlab 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
+
+from encoderlab.commands import command_parser
 
 LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as Hydra's, for train
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="encoderlab resume",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("resume", __doc__)
     p.add_argument("run", help="MLflow run id or run directory of the train run to continue")
     p.add_argument(
         "--tracking-uri",

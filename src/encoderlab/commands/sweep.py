@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 
+from encoderlab.commands import command_parser
 from encoderlab.errors import ConfigError
 from encoderlab.sweep.space import STUDY_KEYS
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, dict[str, str], list[str]]:
-    p = argparse.ArgumentParser(
-        prog="encoderlab sweep",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("sweep", __doc__)
     p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study storage")
     p.add_argument("--retest", help="K,N: retrain the best K configs with N fresh seeds each, on test")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -10,19 +10,14 @@ synced, 1 when the server is unreachable (nothing lost; run it again later).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from encoderlab.commands import command_parser
 from encoderlab.errors import EncoderlabError
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="encoderlab sync",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("sync", __doc__)
     p.add_argument("run_dir", type=Path, help="the run directory that `encoderlab train` printed")
     p.add_argument("--tracking-uri", help="default: the tracking URI the run was created on")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the server (default 10)")

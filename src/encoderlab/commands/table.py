@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from encoderlab.commands import command_parser
 from encoderlab.errors import EncoderlabError
 from encoderlab.results_table import (
     compare,
@@ -29,12 +30,7 @@ from encoderlab.results_table import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="encoderlab table",
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("table", __doc__)
     p.add_argument(
         "--experiment", "-e", action="append", default=[], help="MLflow experiment name (repeatable)"
     )
