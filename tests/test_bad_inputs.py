@@ -360,9 +360,18 @@ def matrix_rows() -> list[tuple[str, int, str, str]]:
     yield rows
     target = os.environ.get("ENCODERLAB_MATRIX")
     if target and rows:
-        lines = ["| case | exit | MLflow runs | message |", "|---|---|---|---|"]
+        tmp = re.compile(r"/\S*?/pytest-\d+/[^/\s]+")  # the test's own directory, not the user's
+        lines = [
+            "# Bad inputs: exit code, MLflow runs opened (and how they ended), the error's first paragraph",
+            "",
+            "Written by `ENCODERLAB_MATRIX=docs/bad-inputs.md python -m pytest tests/test_bad_inputs.py`;",
+            "`<tmp>` is the test's working directory. No case leaves a run RUNNING (each test asserts it).",
+            "",
+            "| case | exit | MLflow runs | message |",
+            "|---|---|---|---|",
+        ]
         lines += [
-            f"| {case} | {code} | {runs} | {message.replace('|', '/')} |"
+            f"| {case} | {code} | {runs} | {tmp.sub('<tmp>', message).replace('|', '/')} |"
             for case, code, message, runs in rows
         ]
         Path(target).write_text("\n".join(lines) + "\n")
