@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +62,44 @@ def tiny_train_cmd(tiny_bert: Path, *overrides: str) -> list[str]:
     """`encoderlab train` as a subprocess command: the SST-2 recipe on the tiny BERT, small and quiet."""
     model = f"model.name_or_path={tiny_bert}"
     return [sys.executable, "-m", "encoderlab", "train", "experiment=sst2_minilm", model, *overrides, *FAST]
+
+
+def training_started(db) -> bool:
+    """A RUNNING run has logged a training step (read-only: the MLflow store belongs to the subprocess)."""
+    if not db.exists():
+        return False
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+            rows = con.execute(
+                "SELECT 1 FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
+                "WHERE m.key = 'train/loss_step' AND r.status = 'RUNNING' LIMIT 1"
+            ).fetchall()
+    except sqlite3.Error:  # tables not created yet, or locked by a write
+        return False
+    return bool(rows)
+
+
+def train_then_signal(
+    isolated: Path, tiny_bert: Path, signum: int, *grid: str
+) -> tuple[subprocess.CompletedProcess, int]:
+    """`encoderlab train` (`train -m` with grid overrides) on the tiny BERT, sent `signum` once it trained a
+    step: its result and its pid."""
+    cmd = tiny_train_cmd(
+        tiny_bert, "trainer.max_epochs=200", "trainer.log_every_n_steps=1", "analysis=none", *grid
+    )
+    if grid:  # `encoderlab train -m ...`
+        cmd.insert(cmd.index("train") + 1, "-m")
+    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 180
+        while not training_started(isolated / "outputs" / "mlflow.db"):
+            assert proc.poll() is None, f"train exited before it trained: {proc.communicate()[1][-3000:]}"
+            assert time.time() < deadline, "train did not start training"
+            time.sleep(0.3)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), proc.pid

@@ -4,52 +4,12 @@ signal named, and `encoderlab train` exits 143 / 130, so `train && next` does no
 from __future__ import annotations
 
 import signal
-import sqlite3
-import subprocess
-import time
 
 import pytest
 
-from helpers import FAST, all_runs, tiny_train_cmd
+from helpers import FAST, all_runs, train_then_signal
 
 pytestmark = pytest.mark.slow  # trains a tiny BERT in a subprocess
-
-
-def training_started(db) -> bool:
-    """A RUNNING run has logged a training step (read-only: the MLflow store belongs to the subprocess)."""
-    if not db.exists():
-        return False
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            rows = con.execute(
-                "SELECT 1 FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                "WHERE m.key = 'train/loss_step' AND r.status = 'RUNNING' LIMIT 1"
-            ).fetchall()
-    except sqlite3.Error:  # tables not created yet, or locked by a write
-        return False
-    return bool(rows)
-
-
-def train_then_signal(isolated, tiny_bert, signum: int, *grid: str) -> subprocess.CompletedProcess:
-    cmd = tiny_train_cmd(
-        tiny_bert, "trainer.max_epochs=200", "trainer.log_every_n_steps=1", "analysis=none", *grid
-    )
-    if grid:  # `encoderlab train -m ...`
-        cmd.insert(cmd.index("train") + 1, "-m")
-    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 180
-        while not training_started(isolated / "outputs" / "mlflow.db"):
-            assert proc.poll() is None, f"train exited before it trained: {proc.communicate()[1][-3000:]}"
-            assert time.time() < deadline, "train did not start training"
-            time.sleep(0.3)
-        proc.send_signal(signum)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +22,7 @@ def train_then_signal(isolated, tiny_bert, signum: int, *grid: str) -> subproces
 def test_signal_mid_training_marks_the_run_killed_and_exits_nonzero(
     isolated, tiny_bert, mlflow_client, signum, code, reason
 ):
-    res = train_then_signal(isolated, tiny_bert, signum)
+    res, _ = train_then_signal(isolated, tiny_bert, signum)
     assert res.returncode == code, res.stderr[-3000:]
     (run,) = all_runs(mlflow_client)
     assert run.info.status == "KILLED"
@@ -76,7 +36,7 @@ def test_signal_mid_training_marks_the_run_killed_and_exits_nonzero(
 def test_a_signal_during_a_grid_marks_the_grid_parent_killed_too(isolated, tiny_bert, mlflow_client):
     """`train -m`: the running job's run and the grid's parent run both end KILLED with the signal named
     (not FAILED, which would say a job broke), and the process exits 143."""
-    res = train_then_signal(isolated, tiny_bert, signal.SIGTERM, "seed=1,2")
+    res, _ = train_then_signal(isolated, tiny_bert, signal.SIGTERM, "seed=1,2")
     assert res.returncode == 143, res.stderr[-3000:]
     runs = all_runs(mlflow_client)
     (parent,) = [r for r in runs if r.data.tags.get("encoderlab.sweep") == "grid"]

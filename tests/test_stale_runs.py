@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import FAST, all_runs, tiny_train_cmd
-from test_signals import training_started
+from helpers import FAST, all_runs, tiny_train_cmd, train_then_signal
 
 
 def _tags(host: str, pid: int, heartbeat: float, started: float | None = None) -> dict[str, str]:
@@ -72,33 +71,18 @@ def test_opening_the_store_marks_only_the_runs_whose_process_provably_died(mlflo
 def test_a_train_killed_with_sigkill_is_marked_failed_by_the_next_command(isolated, tiny_bert, cli):
     from mlflow.tracking import MlflowClient
 
-    cmd = tiny_train_cmd(
-        tiny_bert, "trainer.max_epochs=200", "trainer.log_every_n_steps=1", "analysis=none", "num_threads=1"
-    )
-    proc = subprocess.Popen(cmd, cwd=isolated, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 180
-        while not training_started(isolated / "outputs" / "mlflow.db"):
-            assert proc.poll() is None, f"train exited before it trained: {proc.communicate()[1][-3000:]}"
-            assert time.time() < deadline, "train did not start training"
-            time.sleep(0.3)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _, pid = train_then_signal(isolated, tiny_bert, signal.SIGKILL)
     client = MlflowClient(f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}")
     (run,) = all_runs(client)
     assert run.info.status == "RUNNING"  # nobody could mark it: the process had no chance
-    assert run.data.tags["encoderlab.pid"] == str(proc.pid)
+    assert run.data.tags["encoderlab.pid"] == str(pid)
 
     cli("table", "--experiment", "sst2_minilm")
 
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FAILED"
     error = run.data.tags["encoderlab.error"]
-    assert error.startswith(f"process died (host {socket.gethostname()}, pid {proc.pid}, last heartbeat ")
+    assert error.startswith(f"process died (host {socket.gethostname()}, pid {pid}, last heartbeat ")
 
 
 @pytest.mark.slow
