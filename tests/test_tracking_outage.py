@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from helpers import artifacts, tiny_train_cmd
+from helpers import artifacts, tiny_train_cmd, training_started
 
 SERVER_START_S = 180  # `mlflow server` imports its web stack: tens of seconds on a loaded machine
 
@@ -94,19 +93,6 @@ def outage_cmd(tiny_bert: Path, uri: str, *extra: str) -> list[str]:
         "logger.retry_interval_s=1",
         *extra,
     )
-
-
-def training_started(db: Path) -> bool:
-    """The server's store holds a training step of a RUNNING run (read-only; the server owns it)."""
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-            rows = con.execute(
-                "SELECT 1 FROM metrics m JOIN runs r ON m.run_uuid = r.run_uuid "
-                "WHERE m.key = 'train/loss_step' AND r.status = 'RUNNING' LIMIT 1"
-            ).fetchall()
-    except sqlite3.Error:
-        return False
-    return bool(rows)
 
 
 def run_killing_server(cmd, cwd, server: Server, restart: bool) -> tuple[subprocess.CompletedProcess, float]:
