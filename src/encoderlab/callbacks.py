@@ -43,6 +43,16 @@ class Throughput(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_started
+        if trainer.world_size > 1:  # the run's throughput: every process's rows and tokens
+            counts = torch.tensor(
+                [self.train_samples, float(self.train_tokens), self.train_padded_tokens, self.val_samples],
+                dtype=torch.float64,
+                device=pl_module.device,
+            )
+            total = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+            self.train_samples, self.train_tokens, self.train_padded_tokens, self.val_samples = (
+                int(total[0]), total[1], int(total[2]), int(total[3])
+            )  # fmt: skip
 
     def on_train_batch_start(
         self, trainer, pl_module, batch: dict[str, torch.Tensor], batch_idx: int
@@ -230,23 +240,36 @@ class LastCheckpoint(Checkpoint):
         path = self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = Path(trainer.strategy.broadcast(str(tmp)))  # every process saves (rank 0 writes) one file
         try:
             trainer.save_checkpoint(tmp, weights_only=False)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            if trainer.is_global_zero:
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
         finally:
-            tmp.unlink(missing_ok=True)
+            if trainer.is_global_zero:
+                tmp.unlink(missing_ok=True)
         self.saved_step = trainer.global_step
 
     def _fitting(self, trainer: L.Trainer) -> bool:
         return trainer.state.fn == "fit" and not trainer.sanity_checking and not trainer.fast_dev_run
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": rng_states()}
+        states = rng_states()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process's own
+            gathered: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(gathered, states)
+            return {"rng": states, "rng_by_rank": gathered}
+        return {"rng": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._restored_rng = state_dict.get("rng")
+        by_rank = state_dict.get("rng_by_rank")
+        if by_rank and torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+            if len(by_rank) == world:  # the same number of processes as the interrupted fit
+                self._restored_rng = by_rank[rank]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._fitting(trainer):
@@ -255,6 +278,8 @@ class LastCheckpoint(Checkpoint):
             self._stop_if_asked()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.world_size > 1:  # a signal to any process: all of them save (a collective), and stop
+            self._agree(trainer, pl_module)
         if self._pending is not None:  # Lightning's own point for mid-epoch checkpoints
             self.save(trainer)
             self._take_signal(trainer)
@@ -316,6 +341,16 @@ class LastCheckpoint(Checkpoint):
         elif not stopping:
             self._pending = signum
 
+    def _agree(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The processes of a distributed fit agree on the signal any of them got: 2 = stop, 1 = save and
+        go on (SIGUSR1), 0 = none."""
+        usr1 = getattr(signal, "SIGUSR1", None)
+        mine = 0 if self._pending is None else 1 if self._pending == usr1 else 2
+        code = torch.tensor(mine, device=pl_module.device)
+        agreed = int(trainer.strategy.reduce(code, reduce_op=torch.distributed.ReduceOp.MAX))
+        if agreed > mine:
+            self._pending = signal.SIGTERM if agreed == 2 else usr1
+
     def _take_signal(self, trainer: L.Trainer) -> None:
         """After a save: SIGUSR1 is done with; SIGTERM/SIGINT stop at the next batch boundary."""
         signum, self._pending = self._pending, None
@@ -343,9 +378,7 @@ def skip_seen_batches(trainer: L.Trainer) -> None:
     if not done or loader is None or not hasattr(loader, "batch_sampler"):
         return
     batch_sampler = loader.batch_sampler
-    if hasattr(batch_sampler, "resume_at"):  # LengthGroupedBatchSampler: skip batches
+    if hasattr(batch_sampler, "resume_at"):
         batch_sampler.resume_at(trainer.current_epoch, done)
-    elif hasattr(loader.sampler, "resume_at") and loader.batch_size:  # EpochShuffleSampler: skip rows
-        loader.sampler.resume_at(trainer.current_epoch, done * loader.batch_size)
     else:
         log.warning("The train loader cannot skip what this epoch already trained on: the epoch restarts")

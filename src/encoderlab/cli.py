@@ -53,6 +53,11 @@ COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce", "resu
 
 def main(argv: list[str] | None = None) -> int:
     encoderlab.restart_clock()
+    from encoderlab import distributed
+
+    following = distributed.follower()
+    if following == "spawned":  # a process Lightning started for rank 0's fit (its argv is rank 0's)
+        return distributed.follow()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -67,14 +72,19 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    distributed_run = command in ("train", "resume") and distributed.launcher_rank() is not None
+    if distributed_run and following:  # rank > 0 of torchrun/srun: rank 0 composes and tracks the run
+        return distributed.follow()
     import importlib
 
     from encoderlab.errors import EncoderlabError
     from encoderlab.signals import Killed
 
     module = importlib.import_module(f"encoderlab.commands.{command}")
+    code: int | None = None
     try:
-        return module.main(rest)
+        code = module.main(rest)
+        return code
     except EncoderlabError as ex:  # argparse commands; Hydra commands report their own
         print(f"error: {ex}", file=sys.stderr)
         return ex.exit_code
@@ -89,3 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 1
+    finally:
+        if distributed_run:  # rank 0 of torchrun/SLURM: followers still waiting for a hand-off end too
+            distributed.end_of_run(
+                f"`encoderlab {command}` on rank 0 "
+                + ("ran in one process (trainer.devices x trainer.num_nodes = 1)" if code == 0 else "failed")
+            )

@@ -492,7 +492,8 @@ _ORIGIN_TAGS = (
 
 
 class TrackedRun:
-    """An MLflow run (or, with logger.backend=none, a local-only stand-in with the same methods)."""
+    """An MLflow run (or, with logger.backend=none and in the followers of a distributed fit, a stand-in
+    with the same methods that tracks nothing)."""
 
     def __init__(
         self,
@@ -502,15 +503,17 @@ class TrackedRun:
         parent_run_id: str | None = None,
         tags: dict[str, str] | None = None,
         resume_run_id: str | None = None,
+        follower: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.follower = follower  # rank > 0 of a distributed fit: rank 0 tracks the run
         self.resume_run_id = resume_run_id  # encoderlab resume: reopen this run instead of creating one
         self._resumed_points: dict[str, set[tuple[int, float]]] = {}  # (step, value) logged before a resume
         self.command = command
         self.parent_run_id = parent_run_id
         self.extra_tags = dict(tags or {})
         self.run_dir = run_dir
-        self.enabled = cfg.logger.backend == "mlflow"
+        self.enabled = cfg.logger.backend == "mlflow" and not follower
         self.client = None
         self.run_id: str | None = None
         self.tracking_uri: str | None = None
@@ -859,8 +862,8 @@ class TrackedRun:
 
     def lightning_logger(self):
         """A Lightning logger writing metrics into this run through its tracking calls (it never ends
-        the run itself)."""
-        if not self.enabled:
+        the run itself); a follower's writes nothing."""
+        if not self.enabled and not self.follower:
             from lightning.pytorch.loggers import CSVLogger
 
             return CSVLogger(save_dir=str(self.run_dir), name="metrics", version="")

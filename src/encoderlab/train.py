@@ -27,6 +27,7 @@ from encoderlab.analysis.figures import plot_confusion_matrix
 from encoderlab.analysis.report import predictions_frame
 from encoderlab.callbacks import DivergenceGuard, Throughput
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
+from encoderlab.distributed import Handoff, end_of_run, hand_off
 from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
 from encoderlab.models.files import check_model_source, check_vocabulary
@@ -91,6 +92,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list[L.Callb
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
+        use_distributed_sampler=False,  # encoderlab's loaders give each process its share themselves
         _convert_="all",
     )
 
@@ -107,8 +109,9 @@ def test_predictions(dm: TextClassificationDataModule, probs: torch.Tensor) -> p
 
 def _tidy_lightning_output() -> None:
     """Lightning adds its own console handler; Hydra's root handlers already print (and file) its logs.
-    Its cloud-logger advert and torch's LeafSpec deprecation (from Lightning's batch flattening) would
-    show at every run, and a user can act on neither."""
+    Its cloud-logger advert, torch's LeafSpec deprecation (from Lightning's batch flattening) and, in a
+    distributed fit, its advice to sync values that are synced already would show at every run, and a
+    user can act on none of them."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if logging.getLogger().handlers:
@@ -119,6 +122,8 @@ def _tidy_lightning_output() -> None:
     if not any(isinstance(f, _NoLoggerAdvert) for f in rank_zero.filters):
         rank_zero.addFilter(_NoLoggerAdvert())
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+    # epoch-level values are logged from torchmetrics' compute(), already gathered over the processes
+    warnings.filterwarnings("ignore", r"It is recommended to use `self.log\(.*sync_dist=True")
 
 
 def log_config(cfg: DictConfig, run: TrackedRun, run_dir: Path) -> None:
@@ -215,6 +220,10 @@ def fit(
     trainer = make_trainer(
         cfg, run_dir, run.lightning_logger(), [*callbacks.values(), *own, *(extra_callbacks or [])]
     )
+    if trainer.world_size > 1 and not run.follower:  # the other processes get this run, not a new one
+        config = OmegaConf.to_yaml(OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)))
+        handoff = Handoff(config, str(run_dir), run.run_id or "", str(ckpt_path or ""))
+        hand_off(trainer, handoff, cfg.num_threads)
     run.set_tags(
         {
             "encoderlab.precision": str(trainer.precision),
@@ -235,17 +244,12 @@ def test(
     run: TrackedRun,
     summary: dict,
 ) -> tuple[dict[str, float], str | None, float | None]:
-    """Test the best checkpoint (else the final weights); module.test_probs back in the split's row order.
+    """Test the best checkpoint (else the final weights); module.test_probs in the split's row order.
     Returns the test metrics, the best checkpoint's path and its monitored score."""
     best = checkpoint.best_model_path or None
     if best is None:
         log.warning("No best checkpoint (no validation ran or fast_dev_run): testing the final weights.")
     trainer.test(module, datamodule=dm, ckpt_path=best, weights_only=False)
-    order = dm.eval_order("test")
-    if module.test_probs is not None and order is not None and len(module.test_probs) == len(order):
-        unsorted = torch.empty_like(module.test_probs)
-        unsorted[torch.as_tensor(order)] = module.test_probs  # back to the test split's row order
-        module.test_probs = unsorted
     test_metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     if trainer.fast_dev_run:  # Lightning mutes loggers in fast_dev_run; keep the smoke test's numbers
         run.log_metrics(test_metrics)
@@ -260,7 +264,8 @@ def report(
     cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, module, summary: dict
 ) -> None:
     """Test predictions (csv) and the analysis report; with limited test batches, the confusion matrix."""
-    if module.test_probs is not None and len(module.test_probs) == summary["sizes"]["test"]:
+    probs = module.test_probs
+    if probs is not None and len(probs) == summary["sizes"]["test"] and not probs.isnan().any():
         preds = test_predictions(dm, module.test_probs)
         if cfg.logger.log_predictions:
             (run_dir / TEST_PREDICTIONS).parent.mkdir(parents=True, exist_ok=True)
@@ -325,33 +330,56 @@ def train(
     parent_run_id: str | None = None,
     tags: dict[str, str] | None = None,
     resume: tuple[str | None, Path] | None = None,
+    follower: Handoff | None = None,
 ) -> float | None:
     """Fit, test with the best checkpoint, log everything; returns the best value of the monitored metric.
     `callbacks` are extra Lightning callbacks (a sweep's pruning hook), `parent_run_id` nests the MLflow run.
-    `resume` = (MLflow run id or None, last.ckpt): continue that run from that checkpoint (encoderlab.resume)."""
+    `resume` = (MLflow run id or None, last.ckpt): continue that run from that checkpoint (encoderlab.resume).
+    `follower`: this process is rank > 0 of rank 0's run (encoderlab.distributed): it fits and tests its
+    shares and logs, reports and exports nothing."""
     started_at = encoderlab.run_started_at()
-    check_targets(cfg)  # a wrong trainer/optimizer/scheduler/callback key fails here, before any run or data
-    check_model_source(cfg)  # a local model directory's files and position limit, before the run opens
+    if follower is not None:
+        cfg.output_dir = follower.run_dir
+        resume = (None, Path(follower.checkpoint)) if follower.checkpoint else None
+    else:
+        check_targets(
+            cfg
+        )  # a wrong trainer/optimizer/scheduler/callback key fails here, before any run or data
+        check_model_source(cfg)  # a local model directory's files and position limit, before the run opens
     run_dir = Path(cfg.output_dir).resolve()
     _tidy_lightning_output()
-    L.seed_everything(cfg.seed, workers=True)
+    L.seed_everything(cfg.seed, workers=True, verbose=follower is None)
     if cfg.num_threads:  # set once, before any op has spun up the thread pool
         torch.set_num_threads(cfg.num_threads)
 
     resume_run_id, ckpt_path = resume if resume else (None, None)
-    with TrackedRun(cfg, run_dir, parent_run_id=parent_run_id, tags=tags, resume_run_id=resume_run_id) as run:
-        if resume is None:  # a resumed run's config is logged already
-            log_config(cfg, run, run_dir)
-        dm, tokenizer, summary = setup_data(cfg, run)
-        net, module = setup_model(cfg, dm, tokenizer, run)
-        trainer, checkpoint = fit(cfg, module, dm, run, run_dir, callbacks, started_at, ckpt_path)
-        test_metrics, best, best_score = test(trainer, module, dm, checkpoint, run, summary)
-        (run_dir / "metrics.json").write_text(
-            json.dumps({"test": test_metrics, "best": best_score}, indent=2)
-        )
-        run.log_artifact(run_dir / "metrics.json", "metrics")
-        report(cfg, run, run_dir, net, tokenizer, dm, module, summary)
-        export(cfg, run, run_dir, net, tokenizer, dm, best)
-        log.info("Test: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items())))
-        log.info("Run directory: %s", run_dir)
+    tracked = TrackedRun(
+        cfg,
+        run_dir,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        resume_run_id=resume_run_id,
+        follower=follower is not None,
+    )
+    try:
+        with tracked as run:
+            if resume is None and follower is None:  # a resumed run's config is logged already
+                log_config(cfg, run, run_dir)
+            dm, tokenizer, summary = setup_data(cfg, run)
+            net, module = setup_model(cfg, dm, tokenizer, run)
+            trainer, checkpoint = fit(cfg, module, dm, run, run_dir, callbacks, started_at, ckpt_path)
+            test_metrics, best, best_score = test(trainer, module, dm, checkpoint, run, summary)
+            if follower is not None:
+                return best_score
+            (run_dir / "metrics.json").write_text(
+                json.dumps({"test": test_metrics, "best": best_score}, indent=2)
+            )
+            run.log_artifact(run_dir / "metrics.json", "metrics")
+            report(cfg, run, run_dir, net, tokenizer, dm, module, summary)
+            export(cfg, run, run_dir, net, tokenizer, dm, best)
+            log.info("Test: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items())))
+            log.info("Run directory: %s", run_dir)
+    finally:
+        if follower is None:
+            end_of_run()
     return best_score

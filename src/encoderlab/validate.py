@@ -10,6 +10,7 @@ from encoderlab.config import ALLOWED_VALUES, SCHEMAS, HFModelConfig, ScratchMod
 from encoderlab.errors import (
     ConfigError,
     heads_error,
+    installed,
     moved_key_error,
     renamed_key_error,
     require_extra,
@@ -214,6 +215,29 @@ def _check_logger_ranges(logger: DictConfig) -> None:
             )
 
 
+# Lightning strategies that start their processes by pickling the module, data and logger into them:
+# encoderlab's tracked run (its store client, heartbeat and signal handling) stays in the process that opened it
+PICKLING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook", "xla")
+
+
+def _check_strategy(strategy: object) -> None:
+    if not isinstance(strategy, str):
+        return  # a Strategy _target_ of the user's own: Lightning checks it
+    name = strategy.split("_find_unused")[0]
+    if any(name.startswith(p) for p in PICKLING_STRATEGIES):
+        _fail(
+            "trainer.strategy",
+            strategy,
+            "auto, ddp (Lightning starts one process per device by running the command again; "
+            f"{strategy} would move the run into pickled copies), fsdp, deepspeed, or trainer=ddp_cpu|ddp|fsdp",
+        )
+    if name.startswith("deepspeed") and not installed("deepspeed"):
+        raise ConfigError(
+            f"Config error: trainer.strategy={strategy} needs the package 'deepspeed', which is not installed "
+            "(pip install deepspeed; it builds CUDA kernels, so install it on the GPU machine)."
+        )
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -237,6 +261,7 @@ def _check_training(cfg: DictConfig) -> None:
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
         _fail("trainer.accumulate_grad_batches", accumulate, "an integer >= 1")
+    _check_strategy(cfg.trainer.get("strategy", "auto"))
     lr = cfg.optimizer.get("lr")
     if "lr" in cfg.optimizer and not (_is_number(lr) and lr > 0):
         _fail("optimizer.lr", lr, "a positive float")

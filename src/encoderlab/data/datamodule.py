@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from encoderlab.data.loading import load_raw_splits
-from encoderlab.data.sampler import EpochShuffleSampler, LengthGroupedBatchSampler
+from encoderlab.data.sampler import EpochShuffleSampler, LengthGroupedBatchSampler, eval_batches
 from encoderlab.data.splits import PreparedSplits, prepare_splits
 from encoderlab.data.word_dropout import WordDropoutCollator
 
@@ -174,42 +174,69 @@ class TextClassificationDataModule(L.LightningDataModule):
         }
 
     # ---- loaders --------------------------------------------------------------------------------
-    def eval_order(self, split: str) -> list[int] | None:
-        """Row order of the validation/test loader: longest first when sort_eval_by_length, else None
-        (dataset order). Padding then only fills up to the longest row of similar-length neighbours."""
-        if not self.cfg.sort_eval_by_length:
-            return None
-        lengths = torch.as_tensor([len(ids) for ids in self.tokenized[split]["input_ids"]])
-        return torch.argsort(lengths, descending=True, stable=True).tolist()
+    def _replicas(self) -> tuple[int, int]:
+        """(processes, this process's rank) of the fit or test being run: each loads its share."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
+    def eval_batches(self, split: str, batch_size: int) -> list[list[int]]:
+        """This process's validation/test batches (row indices): longest rows first when
+        dataset.sort_eval_by_length, else in dataset order."""
         ds = self.tokenized[split]
-        common = {
-            "collate_fn": self.train_collator if train else self.collator,
+        lengths = [len(ids) for ids in ds["input_ids"]] if self.cfg.sort_eval_by_length else None
+        return eval_batches(len(ds), batch_size, lengths, *self._replicas())
+
+    def _common(self, collate_fn) -> dict[str, Any]:
+        return {
+            "collate_fn": collate_fn,
             "num_workers": self.cfg.num_workers,
             "pin_memory": torch.cuda.is_available(),  # page-locked host batches copy to the GPU async
             "persistent_workers": self.cfg.num_workers > 0,
         }
-        if train and self.cfg.group_by_length:
-            lengths = [len(ids) for ids in ds["input_ids"]]
-            sampler = LengthGroupedBatchSampler(lengths, batch_size, seed=self.seed)
-            return DataLoader(ds, batch_sampler=sampler, generator=_own_generator(), **common)
-        order = None if train else self.eval_order(split)
-        if order is not None:
-            batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-            return DataLoader(ds, batch_sampler=batches, **common)
-        if train:  # shuffled from (seed, epoch): resumable, and independent of the global RNG
-            sampler = EpochShuffleSampler(len(ds), seed=self.seed)
-            return DataLoader(
-                ds, batch_size=batch_size, sampler=sampler, generator=_own_generator(), **common
-            )
-        return DataLoader(ds, batch_size=batch_size, **common)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.cfg.batch_size, train=True)
+        """Shuffled from (seed, epoch) (resumable, independent of the global RNG); length-grouped when
+        dataset.group_by_length. dataset.batch_size is per process."""
+        ds = self.tokenized["train"]
+        batch_size, (replicas, rank) = self.cfg.batch_size, self._replicas()
+        if self.cfg.group_by_length:
+            lengths = [len(ids) for ids in ds["input_ids"]]
+            sampler = LengthGroupedBatchSampler(
+                lengths, batch_size, self.seed, num_replicas=replicas, rank=rank
+            )
+        else:
+            sampler = EpochShuffleSampler(len(ds), batch_size, self.seed, replicas, rank)
+        return DataLoader(
+            ds, batch_sampler=sampler, generator=_own_generator(), **self._common(self.train_collator)
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        batches = self.eval_batches(split, self.cfg.eval_batch_size)
+        return DataLoader(
+            RowIndexed(self.tokenized[split]), batch_sampler=batches, **self._common(self.collator)
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", self.cfg.eval_batch_size, train=False)
+        return self._eval_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.cfg.eval_batch_size, train=False)
+        return self._eval_loader("test")
+
+
+class RowIndexed(torch.utils.data.Dataset):
+    """A tokenized split whose rows carry their index (`row_index`): predictions made in length order, or
+    by several processes, go back to the split's row order."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.ds[i], "row_index": i}
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        return [
+            {**row, "row_index": i} for row, i in zip(self.ds.__getitems__(indices), indices, strict=True)
+        ]

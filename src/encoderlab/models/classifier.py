@@ -10,7 +10,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import CatMetric, MeanMetric
 
 from encoderlab.metrics import ClassificationMetrics
 
@@ -21,7 +21,11 @@ SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]  # optimi
 class SequenceClassifier(L.LightningModule):
     """Cross-entropy training and torchmetrics logged as train/*, val/*, test/*. `optimizer` and
     `scheduler` are the partials that conf/optimizer and conf/scheduler instantiate to; the scheduler
-    steps once per optimizer step. After test: `test_probs` (N, C) in test-set order and `test_confusion`."""
+    steps once per optimizer step. After test: `test_probs` (N, C) in test-set order and `test_confusion`.
+
+    Metrics are exact over the whole split when several processes share it (DDP): torchmetrics gathers
+    their states, the losses are means weighted by rows, and test probabilities are gathered with their
+    row indices (the `row_index` of a validation/test batch) and put back in the split's order."""
 
     def __init__(
         self,
@@ -46,17 +50,21 @@ class SequenceClassifier(L.LightningModule):
         self.train_loss = MeanMetric()
         self.train_loss.persistent(True)
         self.val_metrics = ClassificationMetrics(n)
+        self.val_loss = MeanMetric()
         self.test_metrics = ClassificationMetrics(n)
+        self.test_loss = MeanMetric()
+        self.test_rows = CatMetric()
+        self.test_row_probs = CatMetric()
         self.test_probs: torch.Tensor | None = None
         self.test_confusion: torch.Tensor | None = None
-        self._test_batches: list[torch.Tensor] = []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         smoothing = self.label_smoothing if self.training else 0.0  # val/test report the plain loss
-        logits = self(batch).float()  # (B, C); float so bf16 autocast does not degrade the loss
+        inputs = {k: v for k, v in batch.items() if k != "row_index"}
+        logits = self(inputs).float()  # (B, C); float so bf16 autocast does not degrade the loss
         loss = F.cross_entropy(logits, batch["labels"], label_smoothing=smoothing)
         return loss, logits.softmax(dim=-1).detach()
 
@@ -76,28 +84,36 @@ class SequenceClassifier(L.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, probs = self._step(batch)
         self.val_metrics.update(probs, batch["labels"])
-        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(probs))
+        self.val_loss.update(loss, weight=len(probs))
 
     def on_validation_epoch_end(self) -> None:
         metrics = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True)
         self.log_dict(metrics)
         self.val_metrics.reset()
-
-    def on_test_epoch_start(self) -> None:
-        self._test_batches = []
+        self.val_loss.reset()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss, probs = self._step(batch)
         self.test_metrics.update(probs, batch["labels"])
-        self._test_batches.append(probs.cpu())
-        self.log("test/loss", loss, on_epoch=True, batch_size=len(probs))
+        self.test_loss.update(loss, weight=len(probs))
+        if "row_index" in batch:
+            self.test_rows.update(batch["row_index"])
+            self.test_row_probs.update(probs)
 
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
+        self.log("test/loss", self.test_loss.compute())
         self.test_confusion = self.test_metrics.confusion_matrix().cpu()
-        self.test_probs = torch.cat(self._test_batches) if self._test_batches else None
-        self.test_metrics.reset()
+        self.test_probs = None
+        if self.test_rows.update_count:  # every process's rows, in the split's order
+            rows = self.test_rows.compute().long().cpu()
+            probs = self.test_row_probs.compute().float().cpu().reshape(len(rows), -1)
+            self.test_probs = torch.full((int(rows.max()) + 1, probs.shape[1]), float("nan"))
+            self.test_probs[rows] = probs
+        for metric in (self.test_metrics, self.test_loss, self.test_rows, self.test_row_probs):
+            metric.reset()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Lightning refuses to clip for a fused optimizer under any AMP plugin (for fp16's loss scaling);
