@@ -228,6 +228,7 @@ def fit(
         {
             "encoderlab.precision": str(trainer.precision),
             "encoderlab.num_threads": str(torch.get_num_threads()),
+            "encoderlab.processes": str(trainer.world_size),  # dataset.batch_size is per process
         }
     )
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)
