@@ -6,7 +6,7 @@ requeue <job>` puts the job back in the queue (LastCheckpoint, where Lightning's
 auto_requeue on, its default); SLURM then ends the job with SIGTERM (run KILLED, exit 143). The requeued
 job runs the same batch script with the same job id and SLURM_RESTART_COUNT >= 1: `encoderlab train`
 finds the run tagged with this job and continues it from its last.ckpt into the same MLflow run
-(encoderlab.resume), instead of starting a new one.
+(encoderlab.resume.requeued_slurm_run), instead of starting a new one.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import os
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -130,66 +128,3 @@ def requeue_signal(trainer) -> int | None:
     if isinstance(environment, SLURMEnvironment) and environment.auto_requeue:
         return int(environment.requeue_signal) if environment.requeue_signal is not None else None
     return None
-
-
-def requeued_run(cfg: DictConfig, job: SlurmJob):
-    """In a requeued job: the run this job (grid point) started before, as an encoderlab.resume.Target to
-    continue, or None to start a new run (no such run, nothing to continue from; said in the log). A
-    run still marked RUNNING is this job's previous incarnation, which SLURM ended before restarting the
-    job: it is marked FAILED first, so resume takes it."""
-    from encoderlab.resume import LAST_CHECKPOINT, locate
-    from encoderlab.tracking import STALE_AFTER_S, default_tracking_uri, tracking_client
-
-    key = job.key(grid_job_num())
-    if cfg.logger.backend != "mlflow":
-        log.warning(
-            "Requeued SLURM job %s: logger.backend=none keeps no record of its run; a new run starts", key
-        )
-        return None
-    uri = cfg.logger.tracking_uri or default_tracking_uri()
-    client = tracking_client(uri, cfg.logger.get("stale_after_s", STALE_AFTER_S))
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = (
-        client.search_runs(
-            experiments, f"tags.`{JOB_TAG}` = '{key}'", order_by=["attributes.start_time DESC"]
-        )
-        if experiments
-        else []
-    )
-    if not runs:
-        log.info(
-            "Requeued SLURM job %s (restart %d): no run of it in %s; a new run starts",
-            key,
-            job.restart_count,
-            uri,
-        )
-        return None
-    run = runs[0]
-    run_id = run.info.run_id
-    if run.info.status == "FINISHED":
-        log.warning(
-            "Requeued SLURM job %s: its MLflow run %s is FINISHED already; a new run starts", key, run_id
-        )
-        return None
-    if run.info.status == "RUNNING":
-        reason = f"process ended: SLURM job {job.requeue_id} was requeued (restart {job.restart_count})"
-        client.set_tag(run_id, "encoderlab.error", reason)
-        client.set_terminated(run_id, "FAILED")
-    target = locate(run_id, uri)
-    if not target.checkpoint.is_file():
-        log.warning(
-            "Requeued SLURM job %s: its MLflow run %s has no %s (stopped before its first validation); a new "
-            "run starts",
-            key,
-            run_id,
-            LAST_CHECKPOINT,
-        )
-        return None
-    log.info(
-        "Requeued SLURM job %s (restart %d): continuing MLflow run %s from %s",
-        key,
-        job.restart_count,
-        run_id,
-        target.checkpoint,
-    )
-    return target

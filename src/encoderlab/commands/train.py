@@ -16,10 +16,14 @@ def task(cfg) -> float | None:
     from encoderlab.tracking_journal import preflight
 
     preflight(cfg)  # an unreachable tracking server fails here, before the heavy imports
-    from encoderlab.slurm import SlurmJob, grid_job_num, requeued_run
+    from encoderlab.slurm import SlurmJob, grid_job_num
 
     job = SlurmJob.from_env()
-    target = requeued_run(cfg, job) if job is not None and job.requeued else None
+    target = None
+    if job is not None and job.requeued:
+        from encoderlab.resume import requeued_slurm_run
+
+        target = requeued_slurm_run(cfg, job)
     if target is not None:
         from encoderlab.commands.resume import _log_to
         from encoderlab.resume import resume
