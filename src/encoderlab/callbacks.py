@@ -213,8 +213,11 @@ class LastCheckpoint(Checkpoint):
     Signals during training are taken at a batch boundary, so the saved state is never that of a half-done
     optimizer step: SIGTERM/SIGINT save after the batch in progress (after the validation in progress when
     one runs) and then end the run as killed; SIGUSR1 (SLURM's `--signal=USR1@90` warning) saves and
-    training goes on, unless a handler is already installed (Lightning's SLURM auto-requeue). A second
-    SIGTERM/SIGINT stops at once, keeping the previous last.ckpt."""
+    training goes on, unless another handler is already installed. Under SLURM with Lightning's
+    auto-requeue (SLURMEnvironment's default) this callback takes the requeue signal over from Lightning:
+    it saves last.ckpt at the batch boundary (Lightning would save its own checkpoint mid-step, from the
+    signal handler) and then runs `scontrol requeue` (encoderlab.slurm.requeue). A second SIGTERM/SIGINT
+    stops at once, keeping the previous last.ckpt."""
 
     def __init__(
         self, dirpath: str | None = None, filename: str = "last.ckpt", on_signal: bool = True
@@ -227,6 +230,7 @@ class LastCheckpoint(Checkpoint):
         self._stop: int | None = None  # a stop signal saved for: Killed at the next batch boundary
         self._previous: dict[int, Any] = {}
         self._restored_rng: dict | None = None
+        self._requeue_signal: int | None = None  # under SLURM auto-requeue: save, then scontrol requeue
 
     @property
     def path(self) -> Path:
@@ -310,6 +314,9 @@ class LastCheckpoint(Checkpoint):
             set_rng_states(self._restored_rng)
             self._restored_rng = None
         if self.on_signal:
+            from encoderlab.slurm import requeue_signal
+
+            self._requeue_signal = requeue_signal(trainer)
             self._install_handlers()
 
     # ---- signals --------------------------------------------------------------------------------
@@ -322,6 +329,8 @@ class LastCheckpoint(Checkpoint):
         usr1 = getattr(signal, "SIGUSR1", None)
         if usr1 is not None and signal.getsignal(usr1) in (signal.SIG_DFL, signal.SIG_IGN, None):
             wanted.append(usr1)
+        if self._requeue_signal is not None and self._requeue_signal not in wanted:
+            wanted.append(self._requeue_signal)  # Lightning's SLURM handler registered it at fit start
         for signum in wanted:
             self._previous[signum] = signal.signal(signum, self._handle)
 
@@ -330,10 +339,13 @@ class LastCheckpoint(Checkpoint):
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def _goes_on(self, signum: int | None) -> bool:
+        """A signal after which training goes on once last.ckpt is saved (SIGUSR1, the requeue signal)."""
+        return signum is not None and signum in (getattr(signal, "SIGUSR1", None), self._requeue_signal)
+
     def _handle(self, signum: int, frame) -> None:
-        usr1 = getattr(signal, "SIGUSR1", None)
-        stopping = self._stop is not None or self._pending not in (None, usr1)
-        if stopping and signum != usr1:
+        stopping = self._stop is not None or (self._pending is not None and not self._goes_on(self._pending))
+        if stopping and not self._goes_on(signum):
             previous = self._previous.get(signum)  # a second stop signal: stop now (TrackedRun's handler)
             self._restore_handlers()
             if callable(previous):
@@ -357,8 +369,14 @@ class LastCheckpoint(Checkpoint):
         if signum is None:
             return
         name = signal.Signals(signum).name
-        if signum == getattr(signal, "SIGUSR1", None):
+        if self._goes_on(signum):
             log.info("%s: saved %s at step %d; training goes on", name, self.path, trainer.global_step)
+            if signum == self._requeue_signal and trainer.is_global_zero:
+                from encoderlab.slurm import SlurmJob, requeue
+
+                job = SlurmJob.from_env()
+                if job is not None:
+                    requeue(job, str(self.path))
         else:
             log.info("%s: saved %s at step %d", name, self.path, trainer.global_step)
             self._stop = signum

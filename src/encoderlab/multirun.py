@@ -2,7 +2,9 @@
 
 The parent is created when the multirun starts (tagged with the sweep's overrides and its directory) and its
 id goes to the jobs through the ENCODERLAB_PARENT_RUN_ID environment variable, which the basic launcher's
-in-process jobs and the joblib launcher's worker processes both see. When the sweep ends the parent gets
+in-process jobs and the joblib launcher's worker processes both see; jobs that the submitit launcher runs
+elsewhere (`hydra/launcher=slurm`, `submitit_local`) get it from this callback, pickled with the job, in
+case the batch job's environment is not the submitting shell's. When the sweep ends the parent gets
 the children's count per status and is FINISHED, or FAILED when any child failed.
 """
 
@@ -35,9 +37,17 @@ class MLflowParentRun(Callback):
         self._previous_env: str | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        # the joblib launcher pickles Hydra's callbacks into its workers: the parent run (its client and
-        # heartbeat thread) stays with the process that owns it; jobs find it through the environment
-        return {**self.__dict__, "parent": None}
+        # the joblib and submitit launchers pickle Hydra's callbacks into their workers: the parent run (its
+        # client and heartbeat thread) stays with the process that owns it; jobs get its id
+        return {**self.__dict__, "parent": None, "parent_run_id": self.parent.run_id if self.parent else None}
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A job in another process (submitit: maybe another machine): the grid parent run it belongs to."""
+        run_id = self.__dict__.get("parent_run_id")
+        if run_id:
+            from encoderlab.tracking import PARENT_RUN_ENV
+
+            os.environ[PARENT_RUN_ENV] = run_id
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.logger.backend != "mlflow":

@@ -7,10 +7,14 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
 from encoderlab.errors import EncoderlabError
+
+if TYPE_CHECKING:
+    from encoderlab.slurm import SlurmJob
 
 log = logging.getLogger(__name__)
 
@@ -144,3 +148,66 @@ def resume(target: str | Target, tracking_uri: str | None = None) -> float | Non
     from encoderlab.train import train
 
     return train(found.cfg, resume=(found.run_id, found.checkpoint))
+
+
+def requeued_slurm_run(cfg: DictConfig, job: SlurmJob) -> Target | None:
+    """In a requeued job: the run this job (grid point) started before, as an encoderlab.resume.Target to
+    continue, or None to start a new run (no such run, nothing to continue from; said in the log). A
+    run still marked RUNNING is this job's previous incarnation, which SLURM ended before restarting the
+    job: it is marked FAILED first, so resume takes it."""
+    from encoderlab.slurm import JOB_TAG, grid_job_num
+    from encoderlab.tracking import STALE_AFTER_S, default_tracking_uri, tracking_client
+
+    key = job.key(grid_job_num())
+    if cfg.logger.backend != "mlflow":
+        log.warning(
+            "Requeued SLURM job %s: logger.backend=none keeps no record of its run; a new run starts", key
+        )
+        return None
+    uri = cfg.logger.tracking_uri or default_tracking_uri()
+    client = tracking_client(uri, cfg.logger.get("stale_after_s", STALE_AFTER_S))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = (
+        client.search_runs(
+            experiments, f"tags.`{JOB_TAG}` = '{key}'", order_by=["attributes.start_time DESC"]
+        )
+        if experiments
+        else []
+    )
+    if not runs:
+        log.info(
+            "Requeued SLURM job %s (restart %d): no run of it in %s; a new run starts",
+            key,
+            job.restart_count,
+            uri,
+        )
+        return None
+    run = runs[0]
+    run_id = run.info.run_id
+    if run.info.status == "FINISHED":
+        log.warning(
+            "Requeued SLURM job %s: its MLflow run %s is FINISHED already; a new run starts", key, run_id
+        )
+        return None
+    if run.info.status == "RUNNING":
+        reason = f"process ended: SLURM job {job.requeue_id} was requeued (restart {job.restart_count})"
+        client.set_tag(run_id, "encoderlab.error", reason)
+        client.set_terminated(run_id, "FAILED")
+    target = locate(run_id, uri)
+    if not target.checkpoint.is_file():
+        log.warning(
+            "Requeued SLURM job %s: its MLflow run %s has no %s (stopped before its first validation); a new "
+            "run starts",
+            key,
+            run_id,
+            LAST_CHECKPOINT,
+        )
+        return None
+    log.info(
+        "Requeued SLURM job %s (restart %d): continuing MLflow run %s from %s",
+        key,
+        job.restart_count,
+        run_id,
+        target.checkpoint,
+    )
+    return target
