@@ -120,9 +120,12 @@ def run_trials(
         if adopt_parent is not None:
             adopt_parent()
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            mark_trial_runs(
-                tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", skip_marked=True
-            )
+            try:
+                mark_trial_runs(
+                    tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", skip_marked=True
+                )
+            except Exception as ex:  # another worker tags the same run at the same instant: next pass
+                log.debug("runs of FAIL trial %d not marked yet: %s", t.number, ex)
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if counted(study) + running >= target:
             if running == 0 or counted(study) >= target:
