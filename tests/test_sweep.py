@@ -278,29 +278,31 @@ def test_sampler_and_pruner_args_reach_optuna_and_follow_their_pruner(isolated):
     assert make_pruner("median", space.study["pruner_args"])._n_startup_trials == 2
 
 
-def test_the_same_command_proposes_the_same_trials_and_workers_differ(isolated, monkeypatch):
-    """The sampler is seeded from study.seed: two new studies (e.g. with and without pruning) start from
-    the same configurations; a second local worker, or a process joining a study with trials, does not
-    repeat the first one's sequence."""
+def test_each_trial_has_its_own_seed_stream_whichever_worker_draws_it(isolated):
+    """Trial N is sampled with a seed derived from (study.seed, N): two new studies (e.g. with and without
+    pruning) start from the same configurations, and workers sharing one study, each with its own
+    sampler object (as on several machines), draw different values that are the same trial by trial as
+    one process alone would draw."""
     from encoderlab.sweep.space import apply_study_args, load_space, suggest
-    from encoderlab.sweep.study import WORKER_ENV, open_study, sampler_seed_offset
+    from encoderlab.sweep.study import open_study
 
     write_space(isolated)
 
-    def first_proposals(study_name: str) -> list[dict]:
+    def worker(study_name: str):
         space = load_space("tiny")
         apply_study_args(space, {"study_name": study_name})
-        study = open_study(space)
-        return [suggest(study.ask(), space.params) for _ in range(3)]
+        return open_study(space), space.params
 
-    first = first_proposals("with_pruning")
-    assert first_proposals("without_pruning") == first
-    monkeypatch.setenv(WORKER_ENV, "1")
-    assert first_proposals("worker_1") != first
-    monkeypatch.delenv(WORKER_ENV)
-    space = load_space("tiny")
-    apply_study_args(space, {"study_name": "with_pruning"})  # has trials now: a resume or another machine
-    assert sampler_seed_offset(open_study(space)) != 0
+    def proposals(study_name: str, n: int = 3) -> list[dict]:
+        study, params = worker(study_name)
+        return [suggest(study.ask(), params) for _ in range(n)]
+
+    alone = proposals("with_pruning")
+    assert proposals("without_pruning") == alone
+    assert len({v["optimizer.lr"] for v in alone}) == 3
+    (a, params), (b, _) = worker("shared"), worker("shared")  # two workers joining one new study
+    drawn = [suggest(s.ask(), params) for s in (a, b, a)]
+    assert drawn == alone  # trial numbers 0, 1, 2 were handed out by the storage across both workers
 
 
 def test_unknown_sweep_name_lists_the_available_ones(cli, isolated):

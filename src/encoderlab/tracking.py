@@ -407,11 +407,28 @@ class ParentRun:
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
         self.tracking_uri = tracking_uri
         self.heartbeat: Heartbeat | None = None
+        self.heartbeat_s = 30.0
 
     def _own(self, heartbeat_s: float) -> None:
         """Record this process as the parent run's and keep its heartbeat."""
+        self.stop_heartbeat()
+        self.heartbeat_s = heartbeat_s
         record_process(self.client, self.run_id, heartbeat_s)
         self.heartbeat = Heartbeat(self.client, self.run_id, heartbeat_s).start()
+
+    def adopt(self) -> bool:
+        """While this process still logs children into the run: take it over (RUNNING again, this process
+        recorded with its heartbeat) when it ended FAILED or KILLED because the process that owned it
+        died or was killed, e.g. one of a study's workers on several machines. True when it did."""
+        run = self.client.get_run(self.run_id)
+        if run.info.status not in ("FAILED", "KILLED"):
+            return False
+        self.client.update_run(self.run_id, status="RUNNING")
+        if "encoderlab.error" in run.data.tags:
+            self.client.delete_tag(self.run_id, "encoderlab.error")
+        self._own(self.heartbeat_s)
+        log.info("MLflow parent run %s taken over (it was %s)", self.run_id, run.info.status)
+        return True
 
     @classmethod
     def open(
@@ -433,6 +450,7 @@ class ParentRun:
             if found:
                 run = found[0]
                 parent = cls(client, run.info.run_id, exp_id, uri)
+                parent.heartbeat_s = heartbeat_s
                 # a sweep's worker processes reopen the run their (living) sweep process owns: leave it
                 if run.info.status != "RUNNING":
                     client.update_run(run.info.run_id, status="RUNNING")

@@ -12,18 +12,18 @@ from typing import Any
 from encoderlab.compose import compose
 from encoderlab.errors import ConfigError
 from encoderlab.sweep.space import Space, apply_study_args, check_keys, load_space
-from encoderlab.sweep.study import counted, open_study, redact, storage_url
+from encoderlab.sweep.study import counted, open_study, redact, storage_url, study_lock
 from encoderlab.sweep.trials import run_trials, run_workers
 
 log = logging.getLogger("encoderlab.sweep")
 
 
-def parent_run(cfg, space: Space, url: str) -> tuple[Any, str | None, Any]:
-    """The study's MLflow client, parent run id and ParentRun (found by its tags when the study resumes,
-    created otherwise)."""
+def parent_run(cfg, space: Space, url: str) -> Any:
+    """The study's MLflow ParentRun (None without MLflow): found by its tags when the study resumes or
+    another worker created it, created otherwise."""
     if cfg.logger.backend != "mlflow":
-        return None, None, None
-    from encoderlab.tracking import ParentRun
+        return None
+    from encoderlab.tracking import ParentRun, default_tracking_uri, tracking_client
 
     study_name = space.study["study_name"]
     find_by = {
@@ -32,14 +32,18 @@ def parent_run(cfg, space: Space, url: str) -> tuple[Any, str | None, Any]:
         "encoderlab.study_storage": redact(url),
     }
     tags = {"encoderlab.sweep_space": str(space.path), "mlflow.source.name": "encoderlab sweep"}
-    parent = ParentRun.open(cfg.logger, cfg.experiment_name, f"{study_name}-study", tags, find_by)
-    client = parent.client
-    if "space" not in client.get_run(parent.run_id).data.params:  # a new parent run
-        client.log_param(parent.run_id, "space", json.dumps(space.params)[:6000])
-        for k, v in space.study.items():
-            if k != "storage":
-                client.log_param(parent.run_id, f"study.{k}", str(v))
-    return client, parent.run_id, parent
+    # the store opened (mlflow imported, tables created) before the lock: workers wait on it less
+    tracking_client(cfg.logger.tracking_uri or default_tracking_uri())
+    # workers started at the same instant on several machines: one creates the parent, the others find it
+    with study_lock(url, study_name):
+        parent = ParentRun.open(cfg.logger, cfg.experiment_name, f"{study_name}-study", tags, find_by)
+        client = parent.client
+        if "space" not in client.get_run(parent.run_id).data.params:  # a new parent run
+            client.log_param(parent.run_id, "space", json.dumps(space.params)[:6000])
+            for k, v in space.study.items():
+                if k != "storage":
+                    client.log_param(parent.run_id, f"study.{k}", str(v))
+    return parent
 
 
 class _CurrentStderr(logging.StreamHandler):
@@ -104,11 +108,9 @@ def run_sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(space)
     url = storage_url(space.study)
-    client, parent_id, parent = parent_run(base_cfg, space, url)
+    parent = parent_run(base_cfg, space, url)
     try:
-        return _run_study(
-            study, space, overrides, base_cfg, client, parent_id, url, workers, worker, retest_spec, argv
-        )
+        return _run_study(study, space, overrides, base_cfg, parent, url, workers, worker, retest_spec, argv)
     except BaseException as ex:
         from encoderlab.signals import reason, signal_of
 
@@ -122,10 +124,10 @@ def run_sweep(
             parent.stop_heartbeat()
 
 
-def _run_study(
-    study, space, overrides, base_cfg, client, parent_id, url, workers, worker, retest_spec, argv
-) -> int:
+def _run_study(study, space, overrides, base_cfg, parent, url, workers, worker, retest_spec, argv) -> int:
     from encoderlab.tracking import default_tracking_uri
+
+    client, parent_id = (parent.client, parent.run_id) if parent is not None else (None, None)
 
     tracking_uri = base_cfg.logger.tracking_uri or default_tracking_uri()
     log.info(
@@ -139,7 +141,7 @@ def _run_study(
     if workers > 1 and not worker:
         run_workers(workers, argv or [])
     else:
-        run_trials(study, space, overrides, parent_id, tracking_uri)
+        run_trials(study, space, overrides, parent_id, tracking_uri, parent.adopt if parent else None)
     if worker:
         return 0
     best = finish_study(study, space, overrides, client, parent_id)

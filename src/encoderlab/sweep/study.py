@@ -1,9 +1,8 @@
-"""Optuna plumbing: samplers and pruners by name, the study's storage (SQLite or any SQLAlchemy URL), and
-per-process sampler seeds."""
+"""Optuna plumbing: samplers and pruners by name, the study's storage (SQLite or any SQLAlchemy URL),
+per-trial sampler seeds and a lock on the study shared by all its workers."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,12 +120,8 @@ def open_study(space):
         pruner=make_pruner(space.study["pruner"], space.study["pruner_args"]),
         load_if_exists=True,
     )
-    # seeded once the study's trials are known (sampler_seed_offset)
-    study.sampler = make_sampler(
-        space.study["sampler"],
-        space.study["seed"] + sampler_seed_offset(study),
-        space.params,
-        space.study["sampler_args"],
+    study.sampler = trial_seeded_sampler(
+        space.study["sampler"], space.study["seed"], space.params, space.study["sampler_args"]
     )
     if study.direction.name.lower() != space.study["direction"]:
         raise EncoderlabError(
@@ -136,17 +131,104 @@ def open_study(space):
     return study
 
 
-WORKER_ENV = "ENCODERLAB_SWEEP_WORKER"  # set by --workers N: this process's index
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial `number` of a study with study.seed=`seed`."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
-def sampler_seed_offset(study) -> int:
-    """0 for a new study run by one process, so the same command proposes the same trials; the worker
-    index for --workers N; and a per-process value when the study already has trials (a resumed study, or
-    other machines at work on it), so no two processes propose the same sequence."""
-    worker = int(os.environ.get(WORKER_ENV, "0"))
-    if study.get_trials(deepcopy=False):
-        return 1000 * (worker + 1) + os.getpid() % 1000
-    return worker
+def trial_seeded_sampler(name: str, seed: int, params: dict[str, dict[str, Any]], args: dict | None = None):
+    """The study's sampler, drawing each trial's values from its own seed stream: trial N is sampled by a
+    fresh `name` sampler seeded with trial_seed(study.seed, N). The storage hands out trial numbers
+    atomically, so workers started independently (on one machine or many) never draw the same sequence,
+    and trial N proposes the same values whichever worker runs it (given the same finished trials: TPE
+    and CMA-ES also read the study's history). Samplers keep their state in the storage, not in the
+    object, so rebuilding one per trial loses nothing."""
+    from optuna.samplers import BaseSampler
+
+    class TrialSeededSampler(BaseSampler):
+        def __init__(self) -> None:
+            self._number: int | None = None
+            self._inner = make_sampler(name, trial_seed(seed, 0), params, args)
+
+        def __str__(self) -> str:
+            return f"TrialSeeded({self._inner})"
+
+        def _for(self, trial):
+            if trial.number != self._number:
+                self._inner = make_sampler(name, trial_seed(seed, trial.number), params, args)
+                self._number = trial.number
+            return self._inner
+
+        def before_trial(self, study, trial) -> None:
+            self._for(trial).before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self._for(trial).infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self._for(trial).sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self._for(trial).after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self._inner.reseed_rng()
+
+    return TrialSeededSampler()
+
+
+STUDY_LOCK_TIMEOUT_S = 300.0
+
+
+@contextmanager
+def study_lock(url: str, study_name: str, timeout_s: float = STUDY_LOCK_TIMEOUT_S):
+    """A lock on the study held by one of its workers at a time, wherever they run: a PostgreSQL advisory
+    lock (or MySQL named lock) in the storage's database, a file lock beside a SQLite storage. Other
+    databases: no lock (workers started at the same instant may then create two MLflow parent runs)."""
+    import hashlib
+    import time
+
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    name = f"encoderlab.study:{study_name}"
+    if scheme == "sqlite":
+        from filelock import FileLock
+
+        with FileLock(f"{url.removeprefix('sqlite:///').split('?', 1)[0]}.lock", timeout=timeout_s):
+            yield
+        return
+    if scheme not in ("postgresql", "mysql"):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    take, give = {
+        "postgresql": ("SELECT pg_try_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)"),
+        "mysql": ("SELECT GET_LOCK(:n, 0)", "SELECT RELEASE_LOCK(:n)"),
+    }[scheme]
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as con:  # the lock belongs to this connection's session
+            deadline = time.monotonic() + timeout_s
+            while not con.execute(sqlalchemy.text(take), {"k": key, "n": name[:64]}).scalar():
+                if time.monotonic() > deadline:
+                    raise EncoderlabError(
+                        f"Another worker of study '{study_name}' held its lock in {redact(url)} for over "
+                        f"{timeout_s:.0f} s."
+                    )
+                time.sleep(0.2)
+            try:
+                yield
+            finally:
+                con.execute(sqlalchemy.text(give), {"k": key, "n": name[:64]})
+    finally:
+        engine.dispose()
 
 
 def counted(study) -> int:

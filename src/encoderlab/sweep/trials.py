@@ -9,13 +9,14 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from encoderlab.compose import compose
 from encoderlab.errors import EncoderlabError
 from encoderlab.sweep.space import Space, as_override, suggest
-from encoderlab.sweep.study import WORKER_ENV, counted, no_experimental_warnings
+from encoderlab.sweep.study import counted, no_experimental_warnings
 
 log = logging.getLogger("encoderlab.sweep")
 
@@ -76,15 +77,23 @@ def run_workers(n: int, argv: list[str]) -> None:
             rest.append(arg)
     cmd = [sys.executable, "-m", "encoderlab", "sweep", "--worker", *rest]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // n))}
-    procs = [subprocess.Popen(cmd, env={**env, WORKER_ENV: str(i)}) for i in range(n)]
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(n)]
     log.info("Started %d workers", n)
     codes = [p.wait() for p in procs]
     if any(codes):
         raise EncoderlabError(f"sweep workers exited with codes {codes}")
 
 
-def run_trials(study, space: Space, overrides: list[str], parent_id: str | None, tracking_uri: str) -> None:
-    """Run trials until n_trials are complete or pruned (counting every worker's).
+def run_trials(
+    study,
+    space: Space,
+    overrides: list[str],
+    parent_id: str | None,
+    tracking_uri: str,
+    adopt_parent: Callable[[], bool] | None = None,
+) -> None:
+    """Run trials until n_trials are complete or pruned (counting every worker's). `adopt_parent` is
+    called before each trial: it takes the study's MLflow parent run over when its owner died.
 
     A trial whose process died (kill -9, a signal, a crash of the machine: Optuna's heartbeat fails it,
     and the objective recorded no error for it) is retried once, when study.seeds_per_trial is 1 and its
@@ -104,13 +113,19 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
     target = space.study["n_trials"]
     metric = space.study["metric"]
     failures = 0
+    ran: list[int] = []  # the number of the trial this worker just ran
     while True:
         with no_experimental_warnings():
             fail_stale_trials(study)
+        if adopt_parent is not None:
+            adopt_parent()
         for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-            mark_trial_runs(
-                tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", skip_marked=True
-            )
+            try:
+                mark_trial_runs(
+                    tracking_uri, parent_id, study.study_name, t.number, "FAILED", "FAIL", skip_marked=True
+                )
+            except Exception as ex:  # another worker tags the same run at the same instant: next pass
+                log.debug("runs of FAIL trial %d not marked yet: %s", t.number, ex)
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         if counted(study) + running >= target:
             if running == 0 or counted(study) >= target:
@@ -124,6 +139,7 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
             if counted(study) + len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))) > target:
                 trial.set_user_attr("surplus", True)  # another worker took the last slot: FAIL, not counted
                 raise SurplusTrial("the study already has its n_trials")
+            trial.set_user_attr("worker", worker_identity())  # which process (on which host) ran it
             n_seeds = space.study["seeds_per_trial"]
             retry = resume_plan(study, trial, tracking_uri, parent_id) if n_seeds == 1 else None
             values = suggest(trial, space.params)  # a retry's params are fixed: the dead trial's
@@ -185,7 +201,10 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
             )
             return value
 
+        ran.clear()
+
         def objective(trial: optuna.Trial) -> float:
+            ran.append(trial.number)
             try:
                 return run_trial(trial)
             except (optuna.TrialPruned, SurplusTrial):
@@ -195,8 +214,22 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
                     trial.set_user_attr("error", f"{type(ex).__name__}: {ex}"[:1000])
                 raise
 
-        study.optimize(objective, n_trials=1, catch=(Exception,))
-        last = study.get_trials(deepcopy=False)[-1]
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            # optuna could not record the result: another worker had marked the trial FAIL meanwhile
+            if not ran or study.trials[ran[0]].state != TrialState.FAIL:
+                raise
+            log.warning(
+                "trial %d was marked FAIL by another worker while it ran here: its heartbeat was more than "
+                "study.grace_period=%s s late (an overloaded machine or a stalled storage connection). Its "
+                "result is not counted; the trial is redone. A larger grace_period avoids this.",
+                ran[0],
+                space.study["grace_period"],
+            )
+            continue
+        # this worker's trial (others' trials may have been created since)
+        last = study.trials[ran[0]] if ran else study.get_trials(deepcopy=False)[-1]
         if last.state == TrialState.FAIL and not skipped(last):
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
@@ -206,6 +239,13 @@ def run_trials(study, space: Space, overrides: list[str], parent_id: str | None,
                 )
         else:
             failures = 0
+
+
+def worker_identity() -> str:
+    """host:pid of this sweep process."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def trial_dir(study_name: str, number: int) -> Path:
