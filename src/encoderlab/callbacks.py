@@ -355,13 +355,13 @@ class LastCheckpoint(Checkpoint):
 
     def _agree(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The processes of a distributed fit agree on the signal any of them got: 2 = stop, 1 = save and
-        go on (SIGUSR1), 0 = none."""
-        usr1 = getattr(signal, "SIGUSR1", None)
-        mine = 0 if self._pending is None else 1 if self._pending == usr1 else 2
+        go on (SIGUSR1, SLURM's requeue signal), 0 = none."""
+        mine = 0 if self._pending is None else 1 if self._goes_on(self._pending) else 2
         code = torch.tensor(mine, device=pl_module.device)
         agreed = int(trainer.strategy.reduce(code, reduce_op=torch.distributed.ReduceOp.MAX))
         if agreed > mine:
-            self._pending = signal.SIGTERM if agreed == 2 else usr1
+            goes_on = self._requeue_signal or getattr(signal, "SIGUSR1", None)
+            self._pending = signal.SIGTERM if agreed == 2 else goes_on
 
     def _take_signal(self, trainer: L.Trainer) -> None:
         """After a save: SIGUSR1 is done with; SIGTERM/SIGINT stop at the next batch boundary."""
