@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
     following = distributed.follower()
     if following == "spawned":  # a process Lightning started for rank 0's fit (its argv is rank 0's)
-        return distributed.follow()
+        from encoderlab.commands import follow
+
+        return follow.main()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -74,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     distributed_run = command in ("train", "resume") and distributed.launcher_rank() is not None
     if distributed_run and following:  # rank > 0 of torchrun/srun: rank 0 composes and tracks the run
-        return distributed.follow()
+        from encoderlab.commands import follow
+
+        return follow.main()
     import importlib
 
     from encoderlab.errors import EncoderlabError

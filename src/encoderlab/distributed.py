@@ -83,24 +83,6 @@ def follower() -> str | None:
     return "launched" if launched is not None and launched[0] > 0 else None
 
 
-def follow() -> int:
-    """The whole life of a follower: receive the hand-off, train and test its shares, end. Returns the
-    exit code (1 when rank 0 failed before the fit: rank 0 reports why)."""
-    handoff = Handoff.from_env() if follower() == "spawned" else _broadcast(None)
-    if handoff.error:
-        print(f"rank {launcher_rank() or os.environ.get('LOCAL_RANK')}: rank 0 stopped: {handoff.error}",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    from omegaconf import OmegaConf
-
-    from encoderlab.config import register_configs
-    from encoderlab.train import train
-
-    register_configs()
-    train(OmegaConf.create(handoff.config), follower=handoff)
-    return 0
-
-
 # ---- rank 0 ---------------------------------------------------------------------------------------
 _handed_off = False
 _restore: dict[str, str | None] = {}  # environment to put back after the run
@@ -181,6 +163,11 @@ def end_of_run(failure: str | None = None) -> None:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def receive() -> Handoff:
+    """A follower's hand-off: from the environment (Lightning started it) or rank 0's broadcast."""
+    return Handoff.from_env() if follower() == "spawned" else _broadcast(None)
 
 
 def _broadcast(handoff: Handoff | None) -> Handoff:
