@@ -96,6 +96,18 @@ def logged_run(run_id: str, tracking_uri: str | None = None):
         ) from ex
 
 
+def drop_tag(client, run_id: str, key: str) -> None:
+    """Delete a run's tag if it has it; another process deleting it at the same instant is fine."""
+    from mlflow.exceptions import MlflowException
+
+    if key in client.get_run(run_id).data.tags:
+        try:
+            client.delete_tag(run_id, key)
+        except MlflowException:
+            if key in client.get_run(run_id).data.tags:
+                raise
+
+
 def tracking_client(uri: str | None = None, stale_after_s: float = STALE_AFTER_S):
     """An MlflowClient on `uri` (default_tracking_uri() when None), its store created safely (open_store);
     RUNNING runs whose process provably died are marked FAILED first (mark_stale_runs)."""
@@ -424,8 +436,7 @@ class ParentRun:
         if run.info.status not in ("FAILED", "KILLED"):
             return False
         self.client.update_run(self.run_id, status="RUNNING")
-        if "encoderlab.error" in run.data.tags:
-            self.client.delete_tag(self.run_id, "encoderlab.error")
+        drop_tag(self.client, self.run_id, "encoderlab.error")
         self._own(self.heartbeat_s)
         log.info("MLflow parent run %s taken over (it was %s)", self.run_id, run.info.status)
         return True
@@ -653,8 +664,7 @@ class TrackedRun:
         ):
             new["encoderlab.resumed_git_commit"] = tags["mlflow.source.git.commit"]
         self.client.update_run(run.info.run_id, status="RUNNING")
-        if "encoderlab.error" in old:
-            self.client.delete_tag(run.info.run_id, "encoderlab.error")
+        drop_tag(self.client, run.info.run_id, "encoderlab.error")
         for k, v in new.items():
             self.client.set_tag(run.info.run_id, k, v)
         self._resumed_points = {

@@ -17,6 +17,7 @@ from encoderlab.compose import compose
 from encoderlab.errors import EncoderlabError
 from encoderlab.sweep.space import Space, as_override, suggest
 from encoderlab.sweep.study import counted, no_experimental_warnings
+from encoderlab.tracking import drop_tag
 
 log = logging.getLogger("encoderlab.sweep")
 
@@ -332,8 +333,7 @@ class Retry:
             client = tracking_client(tracking_uri)
             client.set_tag(self.run_id, "encoderlab.trial", str(trial.number))
             client.set_tag(self.run_id, "encoderlab.resumed_trial", str(self.dead))
-            if "encoderlab.trial_state" in client.get_run(self.run_id).data.tags:
-                client.delete_tag(self.run_id, "encoderlab.trial_state")
+            drop_tag(client, self.run_id, "encoderlab.trial_state")
         log.info(
             "trial %d resumes dead trial %d from %s (epoch %d, step %d)",
             trial.number,
