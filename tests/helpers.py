@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -56,6 +58,75 @@ def artifacts(client, run_id: str, path: str = "") -> set[str]:
     for f in client.list_artifacts(run_id, path):
         out |= artifacts(client, run_id, f.path) if f.is_dir else {f.path}
     return out
+
+
+SERVER_START_S = 180  # `mlflow server` imports its web stack: tens of seconds on a loaded machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` on 127.0.0.1 serving its artifacts from <root>/art, in its own process group
+    so that a kill takes its web workers too; the store (`backend`, default SQLite <root>/server.db) and
+    artifacts outlive restarts on the same port. Its output goes to <root>/server.log."""
+
+    def __init__(self, root: Path, backend: str | None = None, workers: int = 1) -> None:
+        self.root, self.port = root, free_port()
+        self.backend, self.workers = backend or f"sqlite:///{root / 'server.db'}", workers
+        self.proc: subprocess.Popen | None = None
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "server.db"
+
+    @property
+    def artifacts_destination(self) -> Path:
+        return self.root / "art"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "server.log"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--backend-store-uri", self.backend, "--workers", str(self.workers)]
+        cmd += ["--serve-artifacts", "--artifacts-destination", str(self.artifacts_destination)]
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + SERVER_START_S
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"mlflow server did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.3)
+
+    def healthy(self) -> bool:
+        import requests
+
+        try:
+            return requests.get(f"{self.uri}/health", timeout=1).ok
+        except requests.RequestException:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)
 
 
 def tiny_train_cmd(tiny_bert: Path, *overrides: str) -> list[str]:

@@ -6,77 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from helpers import artifacts, tiny_train_cmd, training_started
-
-SERVER_START_S = 180  # `mlflow server` imports its web stack: tens of seconds on a loaded machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A real `mlflow server` on 127.0.0.1 serving its artifacts, in its own process group so that a
-    kill takes its web workers too; the store and artifacts outlive restarts on the same port."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        self.proc: subprocess.Popen | None = None
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def db(self) -> Path:
-        return self.root / "server.db"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port)]
-        cmd += ["--backend-store-uri", f"sqlite:///{self.db}", "--workers", "1"]
-        cmd += ["--serve-artifacts", "--artifacts-destination", str(self.root / "art")]
-        log = (self.root / "server.log").open("a")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + SERVER_START_S
-        while not self.healthy():
-            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.3)
-
-    def healthy(self) -> bool:
-        try:
-            return requests.get(f"{self.uri}/health", timeout=1).ok
-        except requests.RequestException:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        self.proc = None
-
-    def client(self):
-        from mlflow.tracking import MlflowClient
-
-        return MlflowClient(self.uri)
+from helpers import MlflowServer, artifacts, free_port, tiny_train_cmd, training_started
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("mlflow_server"))
+    srv = MlflowServer(tmp_path_factory.mktemp("mlflow_server"))
     srv.start()
     yield srv
     srv.kill()
@@ -95,7 +36,9 @@ def outage_cmd(tiny_bert: Path, uri: str, *extra: str) -> list[str]:
     )
 
 
-def run_killing_server(cmd, cwd, server: Server, restart: bool) -> tuple[subprocess.CompletedProcess, float]:
+def run_killing_server(
+    cmd, cwd, server: MlflowServer, restart: bool
+) -> tuple[subprocess.CompletedProcess, float]:
     """`cmd` with the server killed once training has started (and restarted when `restart`); returns
     the finished process and its wall time."""
     started = time.monotonic()

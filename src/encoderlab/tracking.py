@@ -43,6 +43,16 @@ def default_tracking_uri() -> str:
 
 T = TypeVar("T")
 
+
+def redact(url: str) -> str:
+    """A store URL without its password (postgresql+psycopg://user:***@host/db), for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, host = rest.rsplit("@", 1)
+    return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+
+
 # what two processes creating or migrating the same SQL store at once run into (the loser's DDL or
 # alembic's version-table update finds the other's work already done)
 _STORE_RACES = ("already exists", "Online migration expected to match one row")
@@ -73,7 +83,9 @@ def open_store(url: str, opener: Callable[[], T], attempts: int = 5) -> T:
         except Exception as ex:
             if attempt == attempts - 1 or not any(race in str(ex) for race in _STORE_RACES):
                 raise
-            log.info("Store %s was being created by another process (%s); retrying", url, type(ex).__name__)
+            log.info(
+                "Store %s was being created by another process (%s); retrying", redact(url), type(ex).__name__
+            )
             time.sleep(0.5 * (attempt + 1))
     raise AssertionError("unreachable")
 
@@ -120,7 +132,7 @@ def tracking_client(uri: str | None = None, stale_after_s: float = STALE_AFTER_S
             mark_stale_runs(client, stale_after_s)
     except Exception as ex:  # bookkeeping: never the reason a command fails
         log.warning(
-            "Could not check %s for runs whose process died: %s", uri, " ".join(str(ex).split())[:300]
+            "Could not check %s for runs whose process died: %s", redact(uri), " ".join(str(ex).split())[:300]
         )
     return client
 
