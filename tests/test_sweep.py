@@ -216,6 +216,10 @@ def test_retest_retrains_the_winner_with_fresh_seeds_on_test(cli, isolated, mlfl
             "needs a non-empty 'choices'",
         ),
         ({"params": {"optimizer.lr": {"type": "float", "low": 0.1, "high": 0.01}}}, "needs low < high"),
+        (
+            {"params": {"optimizer.lr": {"type": "float", "low": "small", "high": 0.01}}},
+            "needs a number for low",
+        ),
         ({"study": {"sampler": "bayes"}}, "study.sampler is 'bayes'. Allowed: tpe, random, grid, cmaes"),
         ({"study": {"pruner": "asha"}}, "study.pruner is 'asha'. Allowed: median"),
         (

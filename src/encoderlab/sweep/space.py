@@ -3,6 +3,7 @@ and define-by-run sampling of a trial's values."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,9 @@ def check_space(space: Space) -> None:
             if not spec.get("choices"):
                 raise ConfigError(f"{where}: categorical param '{key}' needs a non-empty 'choices' list.")
         else:
+            for bound in ("low", "high"):
+                if bound in spec:
+                    spec[bound] = _bound(where, key, bound, spec[bound])
             if "low" not in spec or "high" not in spec or not spec["low"] < spec["high"]:
                 raise ConfigError(f"{where}: {spec['type']} param '{key}' needs low < high, got {spec!r}.")
             if spec.get("log") and spec["low"] <= 0:
@@ -150,6 +154,17 @@ def check_space(space: Space) -> None:
         )
     for kind in ("sampler", "pruner"):
         check_optuna_args(where, kind, space)
+
+
+def _bound(where: str, key: str, bound: str, value: object) -> float:
+    """A float/int param's low or high as a number. YAML reads `1e-4` (no dot) as a string: taken as the
+    number it spells."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"{where}: param '{key}' needs a number for {bound}, got {value!r}.")
+    return value
 
 
 def check_optuna_args(where: str, kind: str, space: Space) -> None:
