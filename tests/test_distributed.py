@@ -74,10 +74,14 @@ def _metrics(run) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_mirror, session_cache) -> dict:
+def env(tiny_mirror, session_cache) -> dict[str, str]:
+    return _env(tiny_mirror, session_cache)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, env) -> dict:
     """The same training as 2 DDP processes and as 1 process, in one store."""
     cwd = tmp_path_factory.mktemp("ddp")
-    env = _env(tiny_mirror, session_cache)
     _encoderlab(cwd, env, "train", *RUN, *DDP, "run_name=ddp")
     _encoderlab(cwd, env, "train", *RUN, *ONE, "run_name=one")
     by_name = {r.info.run_name: r for r in all_runs(_client(cwd))}
@@ -188,3 +192,21 @@ def test_torchrun_processes_are_one_run_too(runs, tmp_path):
                          env=runs["env"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert bad.returncode != 0
     assert "optimizer.lr" in bad.stderr and "rank 0 stopped" in bad.stderr
+
+
+@pytest.mark.slow
+def test_sweep_trials_can_each_be_a_ddp_run(env, tmp_path):
+    """Each trial starts its processes again (the previous trial's are gone, its environment put back)."""
+    import yaml
+
+    space = {
+        "base": [a for a in RUN if a != "trainer.max_epochs=2"] + ["trainer.max_epochs=1", *DDP],
+        "study": {"n_trials": 2, "sampler": "random", "pruner": "none"},
+        "params": {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+    }
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "ddp_trials.yaml").write_text(yaml.safe_dump(space))
+    _encoderlab(tmp_path, env, "sweep", "sweep=ddp_trials")
+    trials = [r for r in all_runs(_client(tmp_path)) if "mlflow.parentRunId" in r.data.tags]
+    assert len(trials) == 2
+    assert {(r.info.status, r.data.tags["encoderlab.processes"]) for r in trials} == {("FINISHED", "2")}
