@@ -76,6 +76,14 @@ def _running_trial_of(study, pid: int, trial_root: Path):
     return None
 
 
+def _storage(url: str):
+    """A read-only look at the study that holds no connection between queries."""
+    from optuna.storages import RDBStorage
+    from sqlalchemy.pool import NullPool
+
+    return RDBStorage(url, skip_table_creation=True, engine_kwargs={"poolclass": NullPool})
+
+
 @pytest.mark.slow
 def test_three_independent_workers_on_postgresql_survive_a_kill_9(cli, isolated, fresh_database):
     """Three `encoderlab sweep` processes started on their own on one PostgreSQL study; one is killed
@@ -104,9 +112,9 @@ def test_three_independent_workers_on_postgresql_survive_a_kill_9(cli, isolated,
             assert victim.poll() is None, f"worker 0 exited early:\n{tail(0)}"
             assert time.time() < deadline, f"worker 0 did not start a trial:\n{tail(0)}"
             time.sleep(0.2)
-            try:
-                study = optuna.load_study(study_name=study_name, storage=fresh_database)
-            except KeyError:  # not created yet
+            try:  # one connection per look, closed after it (a new engine per look would keep its pool)
+                study = optuna.load_study(study_name=study_name, storage=_storage(fresh_database))
+            except Exception:  # the workers have not created the tables or the study yet
                 continue
             dead = _running_trial_of(study, victim.pid, trial_root)
         os.kill(victim.pid, signal.SIGKILL)
@@ -124,7 +132,7 @@ def test_three_independent_workers_on_postgresql_survive_a_kill_9(cli, isolated,
     res = cli(*args)
     assert res.code == 0, res.err
 
-    study = optuna.load_study(study_name=study_name, storage=fresh_database)
+    study = optuna.load_study(study_name=study_name, storage=_storage(fresh_database))
     trials = study.get_trials(deepcopy=False)
     counted = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(counted) == N_TRIALS, [(t.number, t.state.name, t.user_attrs) for t in trials]
