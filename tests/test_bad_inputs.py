@@ -107,6 +107,18 @@ CASES = [
     ("appended unknown key", [*SST2, "+dataset.foo=1"], 2, ["unknown key 'dataset.foo'", "val_size"]),
     ("typo in a trainer key", [*SST2, "+trainer.max_epoch=2"], 2, ["max_epoch", "Did you mean 'max_epochs'"]),
     (
+        "strategy that pickles the run",
+        [*SCRATCH, "trainer.strategy=ddp_spawn"],
+        2,
+        ["'trainer.strategy'", "ddp"],
+    ),
+    (
+        "fsdp on CPU",
+        [*SCRATCH, "trainer.strategy=fsdp", "trainer.accelerator=cpu"],
+        2,
+        ["fsdp", "GPUs only", "ddp_cpu"],
+    ),
+    (
         "renamed key",
         [*SCRATCH, "model.max_len=64"],
         2,

@@ -86,15 +86,23 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list[L.Callb
     precision = training_precision(str(tc.get("precision", "32")), accelerator)
     if precision == "16-mixed" and not (accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()):
         raise EncoderlabError("trainer.precision=16-mixed needs a CUDA GPU; on CPU use 32 or bf16-mixed.")
-    return instantiate(
-        tc,
-        precision=precision,
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=str(run_dir),
-        use_distributed_sampler=False,  # encoderlab's loaders give each process its share themselves
-        _convert_="all",
-    )
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(
+            tc,
+            precision=precision,
+            logger=logger,
+            callbacks=callbacks,
+            default_root_dir=str(run_dir),
+            use_distributed_sampler=False,  # encoderlab's loaders give each process its share themselves
+            _convert_="all",
+        )
+    except InstantiationException as ex:  # Lightning refusing a combination of settings: its own words
+        if isinstance(ex.__cause__, (ValueError, MisconfigurationException)):
+            raise EncoderlabError(f"Lightning refused the trainer settings: {ex.__cause__}") from None
+        raise
 
 
 TEST_PREDICTIONS = Path("predictions") / "test_predictions.csv"  # in a run directory

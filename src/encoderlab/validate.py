@@ -220,7 +220,7 @@ def _check_logger_ranges(logger: DictConfig) -> None:
 PICKLING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook", "xla")
 
 
-def _check_strategy(strategy: object) -> None:
+def _check_strategy(strategy: object, accelerator: object) -> None:
     if not isinstance(strategy, str):
         return  # a Strategy _target_ of the user's own: Lightning checks it
     name = strategy.split("_find_unused")[0]
@@ -230,6 +230,12 @@ def _check_strategy(strategy: object) -> None:
             strategy,
             "auto, ddp (Lightning starts one process per device by running the command again; "
             f"{strategy} would move the run into pickled copies), fsdp, deepspeed, or trainer=ddp_cpu|ddp|fsdp",
+        )
+    if name.startswith("fsdp") and accelerator == "cpu":
+        _fail(
+            "trainer.strategy",
+            strategy,
+            "fsdp on GPUs only (Lightning's FSDP runs on CUDA); on CPU: trainer=ddp_cpu",
         )
     if name.startswith("deepspeed") and not installed("deepspeed"):
         raise ConfigError(
@@ -261,7 +267,7 @@ def _check_training(cfg: DictConfig) -> None:
     accumulate = cfg.trainer.get("accumulate_grad_batches", 1)
     if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
         _fail("trainer.accumulate_grad_batches", accumulate, "an integer >= 1")
-    _check_strategy(cfg.trainer.get("strategy", "auto"))
+    _check_strategy(cfg.trainer.get("strategy", "auto"), cfg.trainer.get("accelerator", "auto"))
     lr = cfg.optimizer.get("lr")
     if "lr" in cfg.optimizer and not (_is_number(lr) and lr > 0):
         _fail("optimizer.lr", lr, "a positive float")
