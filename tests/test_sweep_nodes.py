@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import all_runs
+from helpers import SCRATCH_SMALL, all_runs
 
 POSTGRES_URL = os.environ.get("ENCODERLAB_TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(
@@ -27,11 +27,7 @@ N_TRIALS = 3
 SPACE = {
     "base": [
         "experiment=trec_scratch",
-        "model.d_model=32",
-        "model.n_heads=2",
-        "model.d_ff=64",
-        "model.n_layers=1",
-        "tokenizer.vocab_size=800",
+        *SCRATCH_SMALL,
         "trainer.max_epochs=3",
         "dataset.batch_size=32",
         "num_threads=1",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import MlflowServer, all_runs, artifacts, tiny_train_cmd
+from helpers import SCRATCH_SMALL, MlflowServer, all_runs, artifacts, tiny_train_cmd
 
 POSTGRES_URL = os.environ.get("ENCODERLAB_TEST_POSTGRES_URL")
 
@@ -51,11 +51,7 @@ SWEEP_EPOCHS = 2
 SWEEP = {
     "base": [
         "experiment=trec_scratch",
-        "model.d_model=32",
-        "model.n_heads=2",
-        "model.d_ff=64",
-        "model.n_layers=1",
-        "tokenizer.vocab_size=500",
+        *SCRATCH_SMALL,
         f"trainer.max_epochs={SWEEP_EPOCHS}",
         "trainer.enable_progress_bar=false",
         "dataset.batch_size=32",
