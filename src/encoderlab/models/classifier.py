@@ -73,7 +73,18 @@ class SequenceClassifier(L.LightningModule):
         self.train_metrics.update(probs, batch["labels"])
         self.train_loss.update(loss.detach(), weight=len(probs))
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(probs))
+        if self.trainer.world_size > 1:
+            return loss * self._share_of_global_batch(len(probs), loss.device)
         return loss
+
+    def _share_of_global_batch(self, rows: int, device: torch.device) -> torch.Tensor:
+        """DDP averages the processes' gradients with equal weights; a process's mean loss scaled by
+        processes x its rows / the global batch's rows makes that the mean over the global batch, also for
+        a last batch that does not split evenly (as one process with the global batch size computes it)."""
+        total = self.trainer.strategy.reduce(
+            torch.tensor(float(rows), device=device), reduce_op=torch.distributed.ReduceOp.SUM
+        )
+        return rows * self.trainer.world_size / total
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
