@@ -24,7 +24,7 @@ RUN = [
     "experiment=quickstart",
     *SCRATCH_SMALL,
     "model.dropout=0",
-    "dataset.max_train_samples=640",
+    "dataset.max_train_samples=651",  # 651 = 20 x 32 + 11: the last global batch splits 5 + 6
     "trainer.max_epochs=2",
     "trainer.enable_progress_bar=false",
     "analysis=none",
@@ -138,7 +138,7 @@ def test_two_processes_are_one_run_with_the_metrics_of_one_process(runs):
     assert ddp.info.status == "FINISHED" and ddp.data.tags["encoderlab.processes"] == "2"
     assert one.data.tags["encoderlab.processes"] == "1"
     assert _metrics(ddp) == pytest.approx(_metrics(one), abs=1e-5)
-    assert ddp.data.metrics["perf/train_samples_seen"] == 2 * 640  # both processes' rows, 2 epochs
+    assert ddp.data.metrics["perf/train_samples_seen"] == 2 * 651  # both processes' rows, 2 epochs
     # every test row once, in the split's order, with the probabilities the metrics were computed from
     preds = pd.read_csv(Path(ddp.data.tags["encoderlab.run_dir"]) / "predictions" / "test_predictions.csv")
     test = pd.read_parquet(bundled_data_dir() / "uci_sentences" / "test.parquet")
