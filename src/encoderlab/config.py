@@ -129,7 +129,8 @@ class LoggerConfig:
     backend: str = "mlflow"  # mlflow | none
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db
     artifact_location: str | None = None  # None: outputs/mlartifacts (new experiments only)
-    log_model: bool = True  # save_pretrained directory of the best model
+    log_model: bool = True  # the best model: save_pretrained directory + MLflow model (runs:/<id>/model)
+    register_model: str | None = None  # register the MLflow model as a new version of this name
     log_checkpoint: bool = False  # the Lightning .ckpt (large: weights + optimizer state)
     log_predictions: bool = True
     tags: dict[str, str] = field(default_factory=dict)

@@ -115,3 +115,28 @@ def predict_proba(
     probs = out.mean(axis=0)
     std = out.std(axis=0) if mc_dropout > 0 else None
     return Predictions(probs=probs, std=std, seconds=time.perf_counter() - start)
+
+
+ABSTAIN = "abstain"  # the label of a prediction whose top probability is under the threshold
+
+
+def prediction_rows(
+    out: Predictions, label_names: list[str], threshold: float | None = None
+) -> list[dict[str, str | float]]:
+    """One row per text: label (or ABSTAIN under `threshold`), top_label, confidence, prob_<label> and,
+    with MC dropout, std_<label>. `encoderlab predict` and the MLflow pyfunc model both answer with these."""
+    top = out.probs.argmax(axis=1)
+    conf = out.probs.max(axis=1)
+    rows: list[dict[str, str | float]] = []
+    for i in range(len(out.probs)):
+        label = label_names[top[i]]
+        row: dict[str, str | float] = {
+            "label": label if threshold is None or conf[i] >= threshold else ABSTAIN,
+            "top_label": label,
+            "confidence": float(conf[i]),
+        }
+        row.update({f"prob_{n}": float(out.probs[i, j]) for j, n in enumerate(label_names)})
+        if out.std is not None:
+            row.update({f"std_{n}": float(out.std[i, j]) for j, n in enumerate(label_names)})
+        rows.append(row)
+    return rows

@@ -891,6 +891,11 @@ class TrackedRun:
         if self.enabled:
             self._call({"op": "artifact", "local": str(Path(path).resolve()), "artifact_path": artifact_path})
 
+    def register_model(self, name: str, artifact_path: str) -> None:
+        """Register the run's MLflow model at `artifact_path` as the next version of `name`."""
+        if self.enabled:
+            self._call({"op": "register", "name": name, "artifact_path": artifact_path})
+
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.enabled:
             self._call({"op": "text", "text": text, "artifact_file": artifact_file})

@@ -129,6 +129,7 @@ def is_connectivity_error(ex: BaseException) -> bool:
 # {"op": "params", "params": {k: v}}           {"op": "tags", "tags": {k: v}}
 # {"op": "artifact", "local": path, "artifact_path": p}    (a file or a directory)
 # {"op": "table", "local": parquet, "artifact_file": f}     {"op": "terminate", "status": s, "end_time": ms}
+# {"op": "register", "name": registered model, "artifact_path": the run's MLflow model}
 
 
 def send(client, run_id: str, entry: dict) -> None:
@@ -162,10 +163,28 @@ def send(client, run_id: str, entry: dict) -> None:
 
         frame = entry["frame"] if "frame" in entry else pd.read_parquet(entry["local"])
         client.log_table(run_id, data=frame, artifact_file=entry["artifact_file"])
+    elif op == "register":
+        register(client, run_id, entry["name"], entry["artifact_path"])
     elif op == "terminate":
         client.set_terminated(run_id, entry["status"], end_time=entry.get("end_time"))
     else:
         raise ValueError(f"unknown journal entry {op!r}")
+
+
+def register(client, run_id: str, name: str, artifact_path: str) -> str:
+    """A new version of registered model `name` (created if missing) from the run's model artifact;
+    the run is tagged encoderlab.registered_model=<name>/<version>. Returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as ex:
+        if ex.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{artifact_path}"
+    version = client.create_model_version(name, source, run_id=run_id).version
+    client.set_tag(run_id, "encoderlab.registered_model", f"{name}/{version}")
+    return str(version)
 
 
 @dataclass
@@ -189,6 +208,8 @@ class Counts:
             self.tags += len(entry["tags"])
         elif op in ("artifact", "table", "text"):
             self.artifacts += 1
+        elif op == "register":
+            self.tags += 1
         elif op == "terminate":
             self.status = entry["status"]
 

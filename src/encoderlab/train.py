@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 import encoderlab
+from encoderlab import mlflow_model
 from encoderlab.analysis.analyze import analyze
 from encoderlab.analysis.figures import plot_confusion_matrix
 from encoderlab.analysis.report import predictions_frame
@@ -313,7 +314,8 @@ def report(
 
 
 def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, best: str | None) -> None:
-    """The trained model as a save_pretrained directory (+ encoderlab's metadata), and the checkpoint."""
+    """The trained model as a save_pretrained directory (+ encoderlab's metadata) and as an MLflow model
+    (the run's `model` artifact, registered with logger.register_model), and the checkpoint."""
     if cfg.logger.log_model and hasattr(net, "save_pretrained") and not cfg.trainer.get("fast_dev_run"):
         model_dir = run_dir / "model"
         if model_dir.exists():
@@ -325,10 +327,30 @@ def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, 
         net.save_pretrained(model_dir, tokenizer)
         family = {ScratchEncoder: "scratch", HFEncoderClassifier: "hf"}.get(type(net), type(net).__qualname__)
         extra = {"run_id": run.run_id} if run.run_id else {}  # predict <run id> trusts only its own model
+        pairs = bool(cfg.dataset.get("text_pair_field"))
         write_metadata(
-            model_dir, dm.label_names, cfg.dataset.max_length, family, dataset=cfg.dataset.name, **extra
+            model_dir,
+            dm.label_names,
+            cfg.dataset.max_length,
+            family,
+            dataset=cfg.dataset.name,
+            text_pairs=pairs,
+            **extra,
         )
-        run.log_artifact(model_dir, "model")
+        if not run.enabled:
+            return
+        example = [str(t) for t in dm.prepared.splits["test"]["text"][:3]]
+        mlflow_dir = mlflow_model.save(
+            model_dir,
+            run_dir / mlflow_model.LOCAL_DIR,
+            label_names=dm.label_names,
+            pairs=pairs,
+            example=example,
+            hf_parts=(net.hf_model, tokenizer) if isinstance(net, HFEncoderClassifier) else None,
+        )
+        run.log_artifact(mlflow_dir, mlflow_model.ARTIFACT)
+        if cfg.logger.get("register_model"):
+            run.register_model(cfg.logger.register_model, mlflow_model.ARTIFACT)
     if cfg.logger.log_checkpoint and best:
         run.log_artifact(Path(best), "checkpoints")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -24,6 +25,9 @@ EXAMPLE_TARGETS = {
     "optimizer": "torch.optim.AdamW with _partial_: true",
     "scheduler": "encoderlab.models.schedules.warmup_schedule with _partial_: true",
 }
+
+
+REGISTERED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,254}")
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
@@ -115,6 +119,22 @@ def _check_logger(logger: DictConfig) -> None:
     if logger.stale_after_s <= 0:
         _fail("logger.stale_after_s", logger.stale_after_s, "seconds > 0")
     _check_logger_ranges(logger)
+    _check_register_model(logger)
+
+
+def _check_register_model(logger: DictConfig) -> None:
+    name = logger.get("register_model")
+    if name is None:
+        return
+    allowed = "null, or a model name (letters, digits, spaces, . _ -; no '/' or ':')"
+    if not isinstance(name, str) or not REGISTERED_NAME.fullmatch(name):
+        _fail("logger.register_model", name, allowed)
+    if logger.backend != "mlflow" or not logger.log_model:
+        raise ConfigError(
+            f"Config error: logger.register_model={name!r} registers the run's logged MLflow model, but "
+            f"{'logger.backend=' + str(logger.backend) if logger.backend != 'mlflow' else 'logger.log_model=false'} "
+            "logs none. Use logger=mlflow with logger.log_model=true, or drop logger.register_model."
+        )
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from encoderlab.errors import EncoderlabError
 
-ABSTAIN = "abstain"
 FILE_KINDS = {
     ".txt": "txt",
     ".csv": "csv",
@@ -59,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help=f"abstain (label '{ABSTAIN}') when the top probability is below this",
+        help="abstain (label 'abstain') when the top probability is below this",
     )
     p.add_argument(
         "--precision",
@@ -147,7 +146,7 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import torch
 
-    from encoderlab.inference import predict_proba, resolve_precision
+    from encoderlab.inference import predict_proba, prediction_rows, resolve_precision
     from encoderlab.models.trained import load_model
 
     loaded = load_model(args.model, args.tracking_uri)
@@ -166,18 +165,11 @@ def main(argv: list[str]) -> int:
         progress=not args.no_progress and len(texts) > args.batch_size,
     )
     names = loaded.label_names
-    top = out.probs.argmax(axis=1)
-    conf = out.probs.max(axis=1)
-    labels = [names[i] for i in top]
-    if args.threshold is not None:
-        labels = [lab if c >= args.threshold else ABSTAIN for lab, c in zip(labels, conf, strict=True)]
-    rows = []
-    for i, text in enumerate(texts):
-        row = {"text": text, "label": labels[i], "top_label": names[top[i]], "confidence": float(conf[i])}
-        row.update({f"prob_{n}": float(out.probs[i, j]) for j, n in enumerate(names)})
-        if out.std is not None:
-            row.update({f"std_{n}": float(out.std[i, j]) for j, n in enumerate(names)})
-        rows.append(row)
+    rows = [
+        {"text": text, **row}
+        for text, row in zip(texts, prediction_rows(out, names, args.threshold), strict=True)
+    ]
+    labels = [row["label"] for row in rows]
 
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)

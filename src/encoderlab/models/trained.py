@@ -50,7 +50,11 @@ def _metadata(directory: Path) -> dict:
 
 
 def resolve_model_dir(source: str, tracking_uri: str | None = None) -> tuple[Path, str | None]:
-    """A model directory and the MLflow run id it came from (None when given a directory)."""
+    """A model directory and the MLflow run id it came from (None when given a directory).
+    source: a model directory, a run directory, an MLflow model directory, an MLflow run id,
+    runs:/<run id>/<path> or models:/<name>/<version or alias>."""
+    if source.startswith(("runs:/", "models:/")):
+        return _download_model_uri(source, tracking_uri)
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -59,17 +63,19 @@ def resolve_model_dir(source: str, tracking_uri: str | None = None) -> tuple[Pat
             )
         if (path / "config.json").is_file():
             return path, None
-        if (path / "model" / "config.json").is_file():  # a run directory (outputs/runs/...)
+        if (path / "model" / "config.json").is_file():  # a run directory, or an MLflow model directory
             return path / "model", None
         raise EncoderlabError(
             f"{path} holds no model: expected config.json + model.safetensors (an exported model, e.g. "
-            f"outputs/runs/<date>/<time>-<name>/model) or a run directory with a model/ folder inside."
+            f"outputs/runs/<date>/<time>-<name>/model), a run directory with a model/ folder inside, or an "
+            "MLflow model directory (MLmodel + model/)."
         )
     if _RUN_ID.match(source):
         return _download_run_model(source, tracking_uri), source
     raise EncoderlabError(
         f"Model source {source!r} is neither an existing directory nor an MLflow run id (32 hex characters). "
-        "Pass a run id, a run directory (outputs/runs/...) or an exported model directory."
+        "Pass a run id, runs:/<run id>/model, models:/<name>/<version or alias>, a run directory "
+        "(outputs/runs/...) or an exported model directory."
     )
 
 
@@ -88,7 +94,71 @@ def _download_run_model(run_id: str, tracking_uri: str | None) -> Path:
             f"MLflow run {run_id} has no 'model' artifact (it was {run.info.status}; artifacts: "
             f"{', '.join(names) or 'none'}). Runs log one unless logger.log_model=false or trainer.fast_dev_run."
         )
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri))
+    downloaded = Path(
+        mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model", tracking_uri=uri)
+    )
+    return _inner(downloaded)
+
+
+def _inner(directory: Path) -> Path:
+    """The save_pretrained directory of a downloaded model artifact: an MLflow model's model/ folder, or
+    the directory itself (runs logged before models were MLflow models)."""
+    from encoderlab.mlflow_model import saved_model_dir
+
+    return saved_model_dir(directory) or directory
+
+
+def _download_model_uri(uri: str, tracking_uri: str | None) -> tuple[Path, str | None]:
+    """runs:/<run id>/<path> or models:/<name>/<version or alias>: downloaded from the tracking store (the
+    registry is the tracking store's), or this machine's run directory when it still holds that model."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from encoderlab.tracking import default_tracking_uri, redact, tracking_client
+
+    store = tracking_uri or default_tracking_uri()
+    client = tracking_client(store)
+    parts = uri.split("/")
+    try:
+        if uri.startswith("runs:/"):
+            run_id = parts[1] if len(parts) > 2 and parts[1] else None
+            if run_id is None:
+                raise EncoderlabError(
+                    f"{uri!r}: expected runs:/<run id>/<artifact path>, e.g. runs:/<id>/model."
+                )
+            if "/".join(parts[2:]).strip("/") == "model":
+                return _download_run_model(run_id, store), run_id
+        else:
+            name, ref = _registered(uri)
+            version = (
+                client.get_model_version(name, ref)
+                if ref.isdigit()
+                else client.get_model_version_by_alias(name, ref)
+            )
+            run_id = version.run_id
+            if run_id and str(version.source).rstrip("/").endswith("/model"):  # a run's own model artifact
+                return _download_run_model(run_id, store), run_id
+            uri = f"models:/{name}/{version.version}"
+        downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=store))
+    except MlflowException as ex:
+        raise EncoderlabError(
+            f"Model {uri} could not be found in the tracking store {redact(store)}: "
+            f"{' '.join(str(ex).split())[:300]}. Check the name and version (or alias), or pass "
+            "--tracking-uri / MLFLOW_TRACKING_URI for the store that holds it."
+        ) from ex
+    return _inner(downloaded), run_id
+
+
+def _registered(uri: str) -> tuple[str, str]:
+    """(name, version or alias) of models:/<name>/<version>, models:/<name>/<alias> or models:/<name>@<alias>."""
+    body = uri[len("models:/") :]
+    name, sep, ref = body.partition("@") if "@" in body else body.partition("/")
+    if not sep or not name or not ref or "/" in ref:
+        raise EncoderlabError(
+            f"{uri!r}: expected models:/<name>/<version>, models:/<name>/<alias> or models:/<name>@<alias>, "
+            "e.g. models:/sst2/1 or models:/sst2@champion."
+        )
+    return name, ref
 
 
 def check_finite(net: nn.Module, directory: Path) -> None:
