@@ -61,4 +61,4 @@ def test_quickstart_trains_on_the_bundled_data_without_a_mirror(cli, mlflow_clie
     assert m["test/accuracy"] > 0.6  # one epoch on 2,160 sentences already beats chance (0.5) clearly
     assert {"test/f1_macro", "test/auroc", "test/loss"} <= set(m)
     arts = artifacts(mlflow_client, run.info.run_id)
-    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json"} <= arts
+    assert {"model/model/config.json", "model/model/model.safetensors", "model/model/tokenizer.json"} <= arts

@@ -40,9 +40,9 @@ REPORT_FILES = {
     "report/attributions/attributions.html",
     "report/attributions/attributions.json",
     "predictions/test_predictions.csv",
-    "model/config.json",
-    "model/model.safetensors",
-    "model/encoderlab.json",
+    "model/model/config.json",
+    "model/model/model.safetensors",
+    "model/model/encoderlab.json",
 }
 
 

@@ -28,9 +28,9 @@ pytestmark = pytest.mark.skipif(
 RUN_ARTIFACTS = {
     "config/config.yaml",
     "metrics/metrics.json",
-    "model/config.json",
-    "model/model.safetensors",
-    "model/encoderlab.json",
+    "model/model/config.json",
+    "model/model/model.safetensors",
+    "model/model/encoderlab.json",
     "predictions/test_predictions.csv",
 }
 

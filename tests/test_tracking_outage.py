@@ -186,7 +186,7 @@ def test_server_killed_and_restarted_mid_run_loses_nothing(server, reference, ti
     assert comparable(hist) == comparable(reference["hist"])  # every metric at every step, once
     assert hist["train/loss_step"] == reference["hist"]["train/loss_step"]  # same seed, same losses
     assert got == reference["artifacts"]
-    assert {"config/config.yaml", "predictions/test_predictions.csv", "model/encoderlab.json"} <= got
+    assert {"config/config.yaml", "predictions/test_predictions.csv", "model/model/encoderlab.json"} <= got
     assert (run_dir / "tracking" / "pending.jsonl").is_file()  # the outage went through the journal
 
 

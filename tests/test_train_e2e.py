@@ -79,12 +79,13 @@ def test_run_is_recorded_in_mlflow(trained, mlflow_client, isolated):
         "report/confusion_matrix.png",
         "report/report.html",
         "predictions/test_predictions.csv",
-        "model/config.json",
-        "model/model.safetensors",
+        "model/MLmodel",
+        "model/model/config.json",
+        "model/model/model.safetensors",
         "data/summary.json",
     ):
         assert expected in arts, expected
-    assert any(a.startswith("model/tokenizer") for a in arts)
+    assert any(a.startswith("model/model/tokenizer") for a in arts)
     # the config artifact is the composed config
     cfg_text = mlflow_client.download_artifacts(run.info.run_id, "config/config.yaml", str(isolated))
     assert yaml.safe_load(Path(cfg_text).read_text())["experiment_name"] == "sst2_minilm"
@@ -111,7 +112,7 @@ def test_training_learns_and_predictions_are_consistent(trained, mlflow_client, 
 def test_logged_model_loads_with_pipeline(trained, mlflow_client, isolated):
     from transformers import pipeline
 
-    model_dir = mlflow_client.download_artifacts(trained.info.run_id, "model", str(isolated / "dl"))
+    model_dir = mlflow_client.download_artifacts(trained.info.run_id, "model/model", str(isolated / "dl"))
     clf = pipeline("text-classification", model=model_dir)
     out = clf(["a moving and beautiful film", "dull , lifeless and far too long"])
     assert {o["label"] for o in out} <= {"negative", "positive"}
