@@ -255,3 +255,22 @@ def test_push_to_hub_failure_is_one_line_and_keeps_the_export(scratch_run, isola
     assert (out / "README.md").is_file() and (out / "model.safetensors").is_file()
     # the request reached the endpoint, naming the repo, with the token
     assert any("tiny-sentiment" in body and method == "POST" for method, _, body in handler.seen)
+
+
+def test_onnx_export_puts_the_graph_beside_the_card(scratch_run, isolated, cli):
+    pytest.importorskip("encoderlab.onnx_export", reason="needs encoderlab.onnx_export (ONNX export)")
+    (run,) = _finished_runs(scratch_run)
+    out = isolated / "onnx-export"
+    res = cli(
+        "export", run.info.run_id, "--output", str(out), "--format", "onnx", "--quantize", "int8",
+        "--tracking-uri", _store(scratch_run),
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    names = {f.name for f in out.iterdir()}
+    assert {"README.md", "model.onnx", "model_quantized.onnx", "onnx_parity.json", "tokenizer.json"} <= names
+    parity = json.loads((out / "onnx_parity.json").read_text())
+    meta, body = _card(out)
+    assert "onnx" in meta["tags"]
+    diff = parity["files"]["model.onnx"]["max_abs_logit_diff"]
+    assert diff <= 1e-3 and f"max |logit difference| {diff:.2e}" in body
+    assert "onnxruntime" in body and "--backend onnxruntime" in body

@@ -121,11 +121,7 @@ def export_model(
 
 
 def _onnx(model_dir: Path, out_dir: Path, quantize: str | None, texts: list[str] | None) -> dict:
-    from encoderlab.errors import require_extra
-
-    require_extra("onnxruntime", "onnxruntime", "onnx", "--format onnx")
-    require_extra("onnx", "onnx", "onnx", "--format onnx")
-    from encoderlab.onnx_export import export_onnx
+    from encoderlab.onnx_export import export_onnx  # checks the `onnx` extra itself
 
     return export_onnx(model_dir, out_dir, quantize=quantize, texts=texts)
 

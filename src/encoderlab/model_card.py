@@ -683,25 +683,27 @@ def _how_to_use(rec: RunRecord, here: str) -> str:
             f'batch = tokenizer(["{text}"], padding=True, truncation=True, max_length={rec.meta.get("max_length", 512)}, return_tensors="np")\n'
             "logits = session.run(None, {i.name: batch[i.name] for i in session.get_inputs()})[0]\n```\n\n"
             f'or `encoderlab predict {here} --backend onnxruntime "{text}"`. ONNX parity at export: '
-            + _onnx_parity(rec.onnx)
+            + onnx_parity_line(rec.onnx)
         )
     return "\n".join(out)
 
 
-def _onnx_parity(report: dict) -> str:
-    files = report.get("files") or {}
+def onnx_parity_line(report: dict) -> str:
+    """The ONNX parity report (encoderlab.onnx_export) in one line: max |logit difference| per graph."""
     bits = []
-    for fname, rep in files.items():
-        diff = rep.get("max_abs_diff") if isinstance(rep, dict) else rep
-        if diff is not None:
-            bits.append(f"`{fname}` max |Δlogit| {float(diff):.2e}")
-    checked = report.get("texts") or report.get("n_texts")
-    detail = "; ".join(bits) or json.dumps(report, default=str)[:300]
+    for fname, rep in (report.get("files") or {}).items():
+        rep = rep if isinstance(rep, dict) else {}
+        diff = rep.get("max_abs_logit_diff")
+        bit = f"`{fname}` max |logit difference| {float(diff):.2e}" if diff is not None else f"`{fname}`"
+        if rep.get("label_agreement") is not None:
+            bit += f", labels agree {float(rep['label_agreement']):.1%}"
+        bits.append(bit)
+    checked = report.get("texts")
     return (
-        detail
+        ("; ".join(bits) or NOT_RECORDED)
         + (f" on {checked} texts" if checked else "")
-        + (f" (tolerance {report['tolerance']})" if "tolerance" in report else "")
-        + " (`onnx_parity.json`)."
+        + (f" (tolerance {report['tolerance']:g})" if isinstance(report.get("tolerance"), float) else "")
+        + ", against PyTorch fp32; details in `onnx_parity.json`."
     )
 
 

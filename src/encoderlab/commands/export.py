@@ -18,7 +18,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from encoderlab.commands import command_parser
-from encoderlab.errors import EncoderlabError
 
 
 def main(argv: list[str]) -> int:
@@ -68,11 +67,10 @@ def main(argv: list[str]) -> int:
         f"Exported {'run ' + done.run_id if done.run_id else args.source} to {done.directory}: {', '.join(files)}"
     )
     if done.onnx is not None:
-        print(f"ONNX parity: {done.onnx}")
+        from encoderlab.model_card import onnx_parity_line
+
+        print(f"ONNX parity: {onnx_parity_line(done.onnx)}")
     if args.push_to_hub:
-        try:
-            url = push_to_hub(done.directory, args.push_to_hub, private=args.private, token=args.token)
-        except EncoderlabError:
-            raise
+        url = push_to_hub(done.directory, args.push_to_hub, private=args.private, token=args.token)
         print(f"Pushed to {url}")
     return 0
