@@ -29,6 +29,8 @@ _BOOKKEEPING = ("seed", "output_dir", "run_name", "trainer.enable_progress_bar",
 _BOOKKEEPING_PREFIXES = ("logger.", "hydra.", "dataset.num_workers")
 # test metrics shown first (the rest follow in name order)
 _HEADLINE = ("accuracy", "f1_macro", "f1_weighted", "precision_macro", "recall_macro", "auroc", "loss")
+# test metrics in the model-index (one per Hub metric type)
+_INDEXED = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "auroc")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # dataset configs whose `path` is not itself the Hub id of the dataset
 _HUB_DATASETS = {"glue": "nyu-mll/glue"}
@@ -371,7 +373,7 @@ def front_matter(rec: RunRecord, name: str) -> dict:
                                 "name": f"{split} {k.removeprefix('test/')}",
                             }
                             for k in _metric_order(list(rec.test_metrics))
-                            if k.removeprefix("test/") in _HEADLINE
+                            if k.removeprefix("test/") in _INDEXED
                         ],
                     }
                 ],
