@@ -30,6 +30,8 @@ commands:
   table     mean ± std over seeds per configuration from MLflow runs (Markdown, LaTeX, CSV)
             encoderlab table --experiment sst2_grid --metrics test/accuracy,test/f1_macro
             encoderlab table --parent <sweep parent run id> --baseline model=minilm --plot results.png
+  export    a Hub-ready model directory: weights, tokenizer, model card (README.md), optional ONNX graph
+            encoderlab export <run-id> --output my-model [--format onnx] [--push-to-hub me/my-model]
   reproduce rerun a logged run's exact config, print old vs new metrics (warns when the commit differs)
             encoderlab reproduce <run-id>
   resume    continue a killed or crashed train run from its checkpoints/last.ckpt, in the same MLflow run
@@ -48,7 +50,7 @@ environment:
 """
 
 
-COMMANDS = ("train", "evaluate", "predict", "sweep", "table", "reproduce", "resume", "sync")
+COMMANDS = ("train", "evaluate", "predict", "export", "sweep", "table", "reproduce", "resume", "sync")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
@@ -160,11 +161,17 @@ class TextClassificationDataModule(L.LightningDataModule):
         parts = [self.prepared.splits[s]._fingerprint for s in ("train", "validation", "test")]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
+    def _label_counts(self, split: Dataset) -> dict[str, int]:
+        """Examples per label name in one split (the model card's label distribution)."""
+        counts = np.bincount(np.asarray(split["labels"], dtype=np.int64), minlength=len(self.label_names))
+        return {name: int(counts[i]) for i, name in enumerate(self.label_names)}
+
     def summary(self) -> dict[str, Any]:
         assert self.prepared is not None
         return {
             "sizes": {k: len(v) for k, v in self.prepared.splits.items()},
             "label_names": self.label_names,
+            "label_counts": {k: self._label_counts(v) for k, v in self.prepared.splits.items()},
             "test_is_validation": self.prepared.test_is_validation,
             "test_source": self.prepared.test_source,
             "notes": self.prepared.notes,
