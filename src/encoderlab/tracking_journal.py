@@ -129,6 +129,7 @@ def is_connectivity_error(ex: BaseException) -> bool:
 # {"op": "params", "params": {k: v}}           {"op": "tags", "tags": {k: v}}
 # {"op": "artifact", "local": path, "artifact_path": p}    (a file or a directory)
 # {"op": "table", "local": parquet, "artifact_file": f}     {"op": "terminate", "status": s, "end_time": ms}
+# {"op": "inputs", "datasets": [{name, digest, source_type, source, schema, profile, context}]}
 
 
 def send(client, run_id: str, entry: dict) -> None:
@@ -162,6 +163,18 @@ def send(client, run_id: str, entry: dict) -> None:
 
         frame = entry["frame"] if "frame" in entry else pd.read_parquet(entry["local"])
         client.log_table(run_id, data=frame, artifact_file=entry["artifact_file"])
+    elif op == "inputs":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        fields = ("name", "digest", "source_type", "source", "schema", "profile")
+        inputs = [
+            DatasetInput(
+                Dataset(**{k: d.get(k) for k in fields}),
+                [InputTag("mlflow.data.context", d["context"])] if d.get("context") else [],
+            )
+            for d in entry["datasets"]
+        ]
+        client.log_inputs(run_id, datasets=inputs)
     elif op == "terminate":
         client.set_terminated(run_id, entry["status"], end_time=entry.get("end_time"))
     else:
@@ -176,6 +189,7 @@ class Counts:
     params: int = 0
     tags: int = 0
     artifacts: int = 0
+    inputs: int = 0
     status: str | None = None
     missing: list[str] = field(default_factory=list)
 
@@ -189,12 +203,14 @@ class Counts:
             self.tags += len(entry["tags"])
         elif op in ("artifact", "table", "text"):
             self.artifacts += 1
+        elif op == "inputs":
+            self.inputs += len(entry["datasets"])
         elif op == "terminate":
             self.status = entry["status"]
 
     @property
     def empty(self) -> bool:
-        return not (self.metrics or self.params or self.tags or self.artifacts or self.status)
+        return not (self.metrics or self.params or self.tags or self.artifacts or self.inputs or self.status)
 
     def describe(self) -> str:
         parts = [
@@ -203,6 +219,8 @@ class Counts:
             f"{self.tags} tags",
             f"{self.artifacts} artifacts",
         ]
+        if self.inputs:
+            parts.append(f"{self.inputs} dataset inputs")
         if self.status:
             parts.append(f"the final status {self.status}")
         return ", ".join(parts)
