@@ -152,10 +152,11 @@ def _page(url: str, out: Path, name: str, screenshot: bool = True) -> str:
     """The page's text after its scripts ran (headless Chromium), and a screenshot <out>/<name>.png."""
     base = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
     base += ["--window-size=1400,900", "--virtual-time-budget=20000", f"--user-data-dir={out / 'profile'}"]
-    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    shot = [f"--screenshot={out / name}.png"] if screenshot else []
+    dom = subprocess.run(
+        [*base, *shot, "--dump-dom", url], capture_output=True, text=True, timeout=180
+    ).stdout
     (out / f"{name}.html").write_text(dom)
-    if screenshot:
-        subprocess.run([*base, f"--screenshot={out / name}.png", url], capture_output=True, timeout=180)
     body = re.sub(r"<(script|style)[^>]*>.*?</\1>", " ", dom, flags=re.S)
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
 

@@ -422,6 +422,13 @@ def _in_multirun() -> bool:
 EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A run's page (or the experiment's runs table) in the MLflow UI of a tracking server, in its
+    "Model training" view (MLflow 3.17's UI opens on the GenAI view unless the URL or the switch says so)."""
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
 def open_experiment(client, name: str, artifact_location: str | None, tracking_uri: str) -> str:
     """The id of experiment `name`, created if missing (artifacts under ./outputs/mlartifacts for local
     stores) as a training experiment (EXPERIMENT_KIND_TAG); safe when parallel jobs race to create it.
@@ -690,6 +697,8 @@ class TrackedRun:
         record_process(self.client, self.run_id, heartbeat_s)  # what tells a dead run from a live one
         self._heartbeat = Heartbeat(self.client, self.run_id, heartbeat_s, lambda: self.offline).start()
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, name, self.tracking_uri)
+        if is_http(self.tracking_uri):
+            log.info("MLflow UI: %s", ui_url(self.tracking_uri, self.experiment_id, self.run_id))
         if is_http(self.tracking_uri):  # a server can go away mid-run: calls it misses are journaled
             self._journal = Journal(self.run_dir)
             self._journal.write_run(self.tracking_uri, self.run_id, self.experiment_id)
