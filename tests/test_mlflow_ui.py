@@ -134,6 +134,7 @@ def _grid_runs(root: Path):
     return exp, children
 
 
+@pytest.mark.slow
 def test_grid_children_differ_in_seed_only(grid):
     exp, children = _grid_runs(grid)
     assert exp.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
@@ -161,6 +162,7 @@ def _page(url: str, out: Path, name: str, screenshot: bool = True) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", body)).split())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium on PATH (Debian package `chromium`)")
 def test_runs_table_and_compare_page_in_chromium(grid, tmp_path):
     exp, children = _grid_runs(grid)
