@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from encoderlab.errors import EncoderlabError
+from encoderlab.tracking import is_bookkeeping
 
 # keys that differ between runs without being an experimental factor
 IGNORED = (
@@ -110,7 +111,7 @@ def varying_keys(frame: pd.DataFrame) -> list[str]:
     keys = []
     for col in sorted(c for c in frame.columns if c.startswith("params.")):
         key = col.removeprefix("params.")
-        if key in IGNORED or key.startswith(IGNORED_PREFIXES):
+        if key in IGNORED or key.startswith(IGNORED_PREFIXES) or is_bookkeeping(key):  # older runs
             continue
         if key in _choice_groups(frame) and key not in switched:
             continue

@@ -327,6 +327,36 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+# config keys that say where and how a run ran, not what it trained (paths, timestamps, names, runtime
+# knobs): logged as `encoderlab.config.<key>` tags, so that the params compared across runs are the
+# hyperparameters. The logged config/config.yaml keeps every key.
+BOOKKEEPING_KEYS = (
+    "output_dir",
+    "run_name",
+    "num_threads",
+    "trainer.enable_progress_bar",
+    "dataset.cache_dir",
+    "dataset.num_workers",
+)
+BOOKKEEPING_PREFIXES = ("logger.", "hydra.")
+BOOKKEEPING_SUFFIXES = (".dirpath",)  # checkpoint folders
+CONFIG_TAG = "encoderlab.config."
+
+
+def is_bookkeeping(key: str) -> bool:
+    """Whether a flattened config key is bookkeeping (a tag), not a hyperparameter (a param)."""
+    return (
+        key in BOOKKEEPING_KEYS or key.startswith(BOOKKEEPING_PREFIXES) or key.endswith(BOOKKEEPING_SUFFIXES)
+    )
+
+
+def split_config(flat: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A flattened config as (params, tags): bookkeeping keys become `encoderlab.config.<key>` tags."""
+    params = {k: v for k, v in flat.items() if not is_bookkeeping(k)}
+    tags = {f"{CONFIG_TAG}{k}": v[:5000] for k, v in flat.items() if is_bookkeeping(k)}
+    return params, tags
+
+
 def _git(*args: str, cwd: Path) -> str | None:
     try:
         res = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
@@ -387,24 +417,40 @@ def _in_multirun() -> bool:
     return mode is not None and mode.name == "MULTIRUN"
 
 
+# MLflow 3's UI opens an experiment by its kind: without this tag it guesses, and a new experiment opens
+# on the GenAI traces overview; "custom_model_development" ("Machine learning") opens the runs table
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """A run's page (or the experiment's runs table) in the MLflow UI of a tracking server, in its
+    "Model training" view (MLflow 3.17's UI opens on the GenAI view unless the URL or the switch says so)."""
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/{page}?workflowType=machine_learning"
+
+
 def open_experiment(client, name: str, artifact_location: str | None, tracking_uri: str) -> str:
     """The id of experiment `name`, created if missing (artifacts under ./outputs/mlartifacts for local
-    stores); safe when parallel jobs race to create it."""
+    stores) as a training experiment (EXPERIMENT_KIND_TAG); safe when parallel jobs race to create it.
+    An existing experiment without a kind gets it; a kind set by a user is kept."""
     from mlflow.exceptions import MlflowException
 
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    location = artifact_location
-    if location is None and not tracking_uri.startswith(("http://", "https://", "databricks")):
-        location = (Path.cwd() / "outputs" / "mlartifacts").as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=location)
-    except MlflowException:  # another job created it between our two calls
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = artifact_location
+        if location is None and not tracking_uri.startswith(("http://", "https://", "databricks")):
+            location = (Path.cwd() / "outputs" / "mlartifacts").as_uri()
+        try:
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND}
+            )
+        except MlflowException:  # another job created it between our two calls
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in exp.tags:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return exp.experiment_id
 
 
 def group_choice_tags() -> dict[str, str]:
@@ -651,6 +697,8 @@ class TrackedRun:
         record_process(self.client, self.run_id, heartbeat_s)  # what tells a dead run from a live one
         self._heartbeat = Heartbeat(self.client, self.run_id, heartbeat_s, lambda: self.offline).start()
         log.info("MLflow run %s in experiment '%s' (%s)", self.run_id, name, self.tracking_uri)
+        if is_http(self.tracking_uri):
+            log.info("MLflow UI: %s", ui_url(self.tracking_uri, self.experiment_id, self.run_id))
         if is_http(self.tracking_uri):  # a server can go away mid-run: calls it misses are journaled
             self._journal = Journal(self.run_dir)
             self._journal.write_run(self.tracking_uri, self.run_id, self.experiment_id)
@@ -882,6 +930,12 @@ class TrackedRun:
             }
             if values:
                 self._call({"op": "metrics", "metrics": values, "step": step, "timestamp": _now_ms()})
+
+    def log_inputs(self, datasets: list[dict]) -> None:
+        """Dataset inputs of the run (data.inputs.split_inputs: name, digest, source, schema, profile and
+        the split as context), shown in the UI's Dataset column."""
+        if self.enabled and datasets:
+            self._call({"op": "inputs", "datasets": datasets})
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.enabled and tags:

@@ -130,6 +130,7 @@ def is_connectivity_error(ex: BaseException) -> bool:
 # {"op": "artifact", "local": path, "artifact_path": p}    (a file or a directory)
 # {"op": "table", "local": parquet, "artifact_file": f}     {"op": "terminate", "status": s, "end_time": ms}
 # {"op": "register", "name": registered model, "artifact_path": the run's MLflow model}
+# {"op": "inputs", "datasets": [{name, digest, source_type, source, schema, profile, context}]}
 
 
 def send(client, run_id: str, entry: dict) -> None:
@@ -165,6 +166,18 @@ def send(client, run_id: str, entry: dict) -> None:
         client.log_table(run_id, data=frame, artifact_file=entry["artifact_file"])
     elif op == "register":
         register(client, run_id, entry["name"], entry["artifact_path"])
+    elif op == "inputs":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        fields = ("name", "digest", "source_type", "source", "schema", "profile")
+        inputs = [
+            DatasetInput(
+                Dataset(**{k: d.get(k) for k in fields}),
+                [InputTag("mlflow.data.context", d["context"])] if d.get("context") else [],
+            )
+            for d in entry["datasets"]
+        ]
+        client.log_inputs(run_id, datasets=inputs)
     elif op == "terminate":
         client.set_terminated(run_id, entry["status"], end_time=entry.get("end_time"))
     else:
@@ -195,6 +208,7 @@ class Counts:
     params: int = 0
     tags: int = 0
     artifacts: int = 0
+    inputs: int = 0
     status: str | None = None
     missing: list[str] = field(default_factory=list)
 
@@ -210,12 +224,14 @@ class Counts:
             self.artifacts += 1
         elif op == "register":
             self.tags += 1
+        elif op == "inputs":
+            self.inputs += len(entry["datasets"])
         elif op == "terminate":
             self.status = entry["status"]
 
     @property
     def empty(self) -> bool:
-        return not (self.metrics or self.params or self.tags or self.artifacts or self.status)
+        return not (self.metrics or self.params or self.tags or self.artifacts or self.inputs or self.status)
 
     def describe(self) -> str:
         parts = [
@@ -224,6 +240,8 @@ class Counts:
             f"{self.tags} tags",
             f"{self.artifacts} artifacts",
         ]
+        if self.inputs:
+            parts.append(f"{self.inputs} dataset inputs")
         if self.status:
             parts.append(f"the final status {self.status}")
         return ", ".join(parts)

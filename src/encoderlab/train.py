@@ -28,6 +28,7 @@ from encoderlab.analysis.figures import plot_confusion_matrix
 from encoderlab.analysis.report import predictions_frame
 from encoderlab.callbacks import DivergenceGuard, Throughput
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
+from encoderlab.data.inputs import split_inputs
 from encoderlab.distributed import Handoff, end_of_run, hand_off
 from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
@@ -36,7 +37,7 @@ from encoderlab.models.hf_encoder import HFEncoderClassifier
 from encoderlab.models.scratch import ScratchEncoder
 from encoderlab.models.trained import write_metadata
 from encoderlab.tokenization import build_tokenizer
-from encoderlab.tracking import TrackedRun, flatten, resolved_config
+from encoderlab.tracking import TrackedRun, flatten, resolved_config, split_config
 from encoderlab.validate import check_targets
 
 log = logging.getLogger(__name__)
@@ -136,9 +137,12 @@ def _tidy_lightning_output() -> None:
 
 
 def log_config(cfg: DictConfig, run: TrackedRun, run_dir: Path) -> None:
-    """The resolved config as params and config/config.yaml, Hydra's record, the command-line overrides."""
+    """The resolved config as params (its bookkeeping keys as tags) and config/config.yaml, Hydra's record,
+    the command-line overrides."""
     resolved = resolved_config(cfg)
-    run.log_params(flatten(resolved))
+    params, bookkeeping = split_config(flatten(resolved))
+    run.log_params(params)
+    run.set_tags(bookkeeping)
     run.log_text(OmegaConf.to_yaml(OmegaConf.create(resolved)), "config/config.yaml")
     hydra_dir = run_dir / ".hydra"
     if HydraConfig.initialized() and hydra_dir.is_dir():
@@ -160,6 +164,7 @@ def setup_data(cfg: DictConfig, run: TrackedRun) -> tuple[TextClassificationData
     dm.set_tokenizer(tokenizer)
     dm.setup()
     summary = dm.summary()
+    run.log_inputs(split_inputs(cfg.dataset, dm.prepared))
     run.log_text(json.dumps(summary, indent=2, default=str), "data/summary.json")
     run.log_text(json.dumps(tok_summary, indent=2), "data/tokenizer.json")
     cache = [t["cache_hit"] for t in dm.tokenization.values()]
