@@ -53,6 +53,11 @@ def isolated(tmp_path, monkeypatch, tiny_mirror, session_cache):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     yield tmp_path
+    # an in-process mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI: later subprocesses would log
+    # into this test's store
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
     # in-process Hydra runs attach console handlers to the captured (then closed) streams: drop them
     import logging
 

@@ -25,6 +25,18 @@ TEXTS = [
 SCRATCH = ["experiment=quickstart", *SCRATCH_SMALL, *FAST, "trainer.max_epochs=1", "num_threads=1"]
 
 
+@pytest.fixture
+def tracking_uri(isolated):
+    """mlflow's default store is this test's (set_tracking_uri also exports MLFLOW_TRACKING_URI, which
+    later tests' subprocesses would inherit: unset at the end)."""
+    import mlflow
+
+    uri = f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
 def only_run(mlflow_client):
     (run,) = mlflow_client.search_runs([e.experiment_id for e in mlflow_client.search_experiments()])
     return run
@@ -45,7 +57,7 @@ def assert_same(frame: pd.DataFrame, rows: list[dict], labels: list[str], tol: f
 
 
 @pytest.mark.slow
-def test_scratch_model_is_a_registered_pyfunc_model(cli, isolated, mlflow_client):
+def test_scratch_model_is_a_registered_pyfunc_model(cli, isolated, mlflow_client, tracking_uri):
     import mlflow
 
     result = cli("train", *SCRATCH, "logger.register_model=quickstart-scratch")
@@ -56,7 +68,6 @@ def test_scratch_model_is_a_registered_pyfunc_model(cli, isolated, mlflow_client
     version = mlflow_client.get_model_version("quickstart-scratch", "1")
     assert version.run_id == run_id
 
-    mlflow.set_tracking_uri(f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
     schema = model.metadata.get_input_schema()
     assert schema.input_names() == ["text"]
@@ -99,7 +110,7 @@ def test_scratch_model_is_a_registered_pyfunc_model(cli, isolated, mlflow_client
 
 
 @pytest.mark.slow
-def test_hf_model_has_pyfunc_and_transformers_flavors(cli, isolated, mlflow_client, tiny_bert):
+def test_hf_model_has_pyfunc_and_transformers_flavors(cli, isolated, mlflow_client, tiny_bert, tracking_uri):
     import mlflow
     import transformers
 
@@ -107,7 +118,6 @@ def test_hf_model_has_pyfunc_and_transformers_flavors(cli, isolated, mlflow_clie
     result = cli("train", *args, "num_threads=1", "analysis=none")
     assert result.code == 0, result.err
     run_id = only_run(mlflow_client).info.run_id
-    mlflow.set_tracking_uri(f"sqlite:///{isolated / 'outputs' / 'mlflow.db'}")
     uri = f"runs:/{run_id}/model"
     frame = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"text": TEXTS}), params={"precision": "32"})
     rows = predict_rows(cli, uri, TEXTS, isolated / "p.jsonl")
