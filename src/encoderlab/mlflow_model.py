@@ -24,20 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from encoderlab.errors import EncoderlabError
+from encoderlab.models.trained import SAVED, load_model
 
 ARTIFACT = "model"  # the run's artifact path: runs:/<run id>/model
-SAVED = "model"  # the save_pretrained directory inside the MLflow model
 LOCAL_DIR = "mlflow_model"  # where a run builds it, beside <run dir>/model
 PINNED = ("torch", "transformers", "tokenizers", "safetensors", "mlflow", "pandas", "numpy")
 EXAMPLE_TEXTS = ("A wonderful, moving film.", "Dull and far too long.")
-
-
-def saved_model_dir(directory: Path) -> Path | None:
-    """The save_pretrained directory of an MLflow model directory made here; None when it is not one."""
-    inner = Path(directory) / SAVED
-    if (Path(directory) / "MLmodel").is_file() and (inner / "config.json").is_file():
-        return inner
-    return None
 
 
 def requirements() -> list[str]:
@@ -161,8 +153,6 @@ def _link_same_files(source: Path, copy: Path) -> None:
 
 def _load_pyfunc(data_path: str) -> EncoderlabPyfunc:
     """MLflow's entry point (loader_module): the model of the save_pretrained directory `data_path`."""
-    from encoderlab.models.trained import load_model
-
     return EncoderlabPyfunc(load_model(data_path))
 
 

@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from encoderlab.errors import EncoderlabError
 
 METADATA_FILE = "encoderlab.json"
+SAVED = "model"  # the save_pretrained directory inside an MLflow model made by encoderlab.mlflow_model
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -103,9 +104,15 @@ def _download_run_model(run_id: str, tracking_uri: str | None) -> Path:
 def _inner(directory: Path) -> Path:
     """The save_pretrained directory of a downloaded model artifact: an MLflow model's model/ folder, or
     the directory itself (runs logged before models were MLflow models)."""
-    from encoderlab.mlflow_model import saved_model_dir
-
     return saved_model_dir(directory) or directory
+
+
+def saved_model_dir(directory: Path) -> Path | None:
+    """The save_pretrained directory of an MLflow model directory made by encoderlab; None otherwise."""
+    inner = Path(directory) / SAVED
+    if (Path(directory) / "MLmodel").is_file() and (inner / "config.json").is_file():
+        return inner
+    return None
 
 
 def _download_model_uri(uri: str, tracking_uri: str | None) -> tuple[Path, str | None]:
