@@ -4,8 +4,10 @@
     encoderlab predict <run-id> --threshold 0.6 "The movie is good." "Not my kind of film."
     encoderlab predict <run-id> --file reviews.csv --column review --output predictions.jsonl
     cat texts.txt | encoderlab predict <model-dir> --mc-dropout 20 --threshold 0.6
+    encoderlab predict <model-dir> --backend onnxruntime --quantized "The movie is good."
 
-Texts are tokenized once, sorted by length and run in batches under torch.inference_mode.
+Texts are tokenized once, sorted by length and run in batches under torch.inference_mode, by PyTorch or
+(--backend onnxruntime) by ONNX Runtime on the directory's exported model.onnx.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from encoderlab.errors import EncoderlabError
 
+BACKENDS = ("torch", "onnxruntime")
 FILE_KINDS = {
     ".txt": "txt",
     ".csv": "csv",
@@ -65,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "32", "bf16"),
         default="auto",
         help="auto (default): bf16 autocast where the CPU (AVX512-BF16/AMX) or GPU runs it natively, else 32",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch (default), or onnxruntime: the model directory's model.onnx "
+        "(made by `encoderlab export <source> --format onnx`), on the CPU",
+    )
+    p.add_argument(
+        "--quantized",
+        action="store_true",
+        help="with --backend onnxruntime: the int8 graph model_quantized.onnx (export --quantize int8)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
@@ -141,6 +156,7 @@ def main(argv: list[str]) -> int:
         raise EncoderlabError(f"--batch-size must be >= 1, got {args.batch_size}.")
     if args.output is not None and args.output.suffix.lower() not in (".csv", ".jsonl"):
         raise EncoderlabError(f"--output {args.output}: write .csv or .jsonl.")
+    check_backend(args)
     texts = read_texts(args)
 
     import numpy as np
@@ -150,11 +166,18 @@ def main(argv: list[str]) -> int:
     from encoderlab.models.trained import load_model
 
     loaded = load_model(args.model, args.tracking_uri)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    net = loaded.net
+    if args.backend == "onnxruntime":
+        from encoderlab.onnx_export import OnnxClassifier, onnx_file
+
+        net = OnnxClassifier(onnx_file(loaded.directory, args.quantized))  # torch's thread count
+        device, precision = "cpu", "32"
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        precision = resolve_precision(args.precision, device)
     max_length = min(args.max_length or loaded.max_length, loaded.max_positions)
-    precision = resolve_precision(args.precision, device)
     out = predict_proba(
-        loaded.net,
+        net,
         loaded.tokenizer,
         texts,
         batch_size=args.batch_size,
@@ -187,7 +210,7 @@ def main(argv: list[str]) -> int:
     rate = len(texts) / max(out.seconds, 1e-9)
     print(
         f"{len(texts)} texts in {out.seconds:.2f} s ({rate:.1f} texts/s) on {device}, "
-        f"{'bf16 autocast' if precision == 'bf16' else 'fp32'}; "
+        f"{_engine(args, precision)}; "
         + ", ".join(f"{k}: {v}" for k, v in counts.items())
         + (f"; written to {args.output}" if args.output else "")
         + (
@@ -198,6 +221,35 @@ def main(argv: list[str]) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def check_backend(args: argparse.Namespace) -> None:
+    """Options the ONNX Runtime backend cannot honour are errors, not silently ignored."""
+    if args.quantized and args.backend != "onnxruntime":
+        raise EncoderlabError("--quantized selects the int8 ONNX graph: use it with --backend onnxruntime.")
+    if args.backend != "onnxruntime":
+        return
+    if args.mc_dropout:
+        raise EncoderlabError(
+            f"--mc-dropout {args.mc_dropout} needs --backend torch: the ONNX graph is exported in eval mode, "
+            "without dropout, so its passes could not differ."
+        )
+    if args.precision == "bf16":
+        raise EncoderlabError(
+            "--precision bf16 is a PyTorch autocast setting: --backend onnxruntime runs the fp32 graph "
+            "(or the int8 one with --quantized). Use --precision 32 or auto, or --backend torch."
+        )
+    if args.device is not None and args.device != "cpu":
+        raise EncoderlabError(
+            f"--device {args.device}: --backend onnxruntime runs on the CPU here. Use --device cpu, "
+            "or --backend torch for a GPU."
+        )
+
+
+def _engine(args: argparse.Namespace, precision: str) -> str:
+    if args.backend == "onnxruntime":
+        return f"ONNX Runtime {'int8' if args.quantized else 'fp32'}"
+    return "bf16 autocast" if precision == "bf16" else "fp32"
 
 
 def _print_rows(rows: list[dict], names: list[str], with_std: bool) -> None:
