@@ -118,12 +118,12 @@ def make_session(path: Path, threads: int | None = None):
         raise EncoderlabError(f"ONNX Runtime could not load {path}: {str(ex).strip()}") from ex
 
 
-def onnx_file(model_dir: Path, quantized: bool = False) -> Path:
+def onnx_file(model_dir: Path, quantized: bool = False, source: str = "<source>") -> Path:
     """The graph file of a model directory; a clear error naming the export command when it is absent."""
     name = QUANTIZED_FILE if quantized else ONNX_FILE
     path = Path(model_dir) / name
     if not path.is_file():
-        how = "encoderlab export <source> --format onnx" + (" --quantize int8" if quantized else "")
+        how = f"encoderlab export {source} --format onnx" + (" --quantize int8" if quantized else "")
         raise EncoderlabError(
             f"Model directory {model_dir} has no {name}, which --backend onnxruntime"
             f"{' --quantized' if quantized else ''} needs. Export it first with `{how}` (the same model "

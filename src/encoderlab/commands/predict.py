@@ -170,7 +170,7 @@ def main(argv: list[str]) -> int:
     if args.backend == "onnxruntime":
         from encoderlab.onnx_export import OnnxClassifier, onnx_file
 
-        net = OnnxClassifier(onnx_file(loaded.directory, args.quantized))  # torch's thread count
+        net = OnnxClassifier(onnx_file(loaded.directory, args.quantized, args.model))  # torch's thread count
         device, precision = "cpu", "32"
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
