@@ -355,6 +355,36 @@ CASES = [
         1,
         ["no column 'review'", "text, label", "--column"],
     ),
+    (
+        "predict: unregistered model",
+        ["predict", "models:/no-such-model/1", "good"],
+        1,
+        ["models:/no-such-model/1 could not be found", "version (or alias)"],
+    ),
+    (
+        "predict: models:/ without a version",
+        ["predict", "models:/sst2", "good"],
+        1,
+        ["models:/<name>@<alias>"],
+    ),
+    (
+        "predict: onnxruntime without a graph",
+        ["predict", "{bert}", "--backend", "onnxruntime", "good"],
+        1,
+        ["model.onnx", "encoderlab export", "--format onnx"],
+    ),
+    (
+        "register_model with log_model=false",
+        [*SCRATCH, "logger.register_model=m", "logger.log_model=false"],
+        2,
+        ["logger.register_model='m'", "logger.log_model=false"],
+    ),
+    (
+        "register_model with a slash",
+        [*SCRATCH, "logger.register_model=team/model"],
+        2,
+        ["'logger.register_model'", "no '/' or ':'"],
+    ),
     ("evaluate: no source", ["evaluate", "dataset=sst2"], 2, ["'source' is required"]),
     (
         "evaluate: truncated model",
