@@ -170,8 +170,8 @@ def markdown(r: dict) -> str:
             f"{r['n']} IMDb test reviews (seeded sample, seed {r['sample_seed']}), MiniLM fine-tuned on IMDb, "
             f"batch size {r['batch_size']}, max_length {r['max_length']}, {r['threads']} threads, CPU "
             f"{'with' if r['cpu_supports_bf16'] else 'without'} native bf16 (AVX512-BF16/AMX), torch {r['torch']}, "
-            f"onnxruntime {r['onnxruntime']}. Timing: {r['timing']} ({r['rounds']} rounds; the machine was "
-            "shared with other jobs, so absolute rates vary, the interleaving keeps the comparison fair).",
+            f"onnxruntime {r['onnxruntime']}. Timing: {r['timing']} ({r['rounds']} rounds; "
+            "interleaving spreads any other load on the machine over all backends alike).",
             "",
             "| backend | texts/s | vs torch fp32 | accuracy | labels = torch fp32 | max abs prob diff |",
             "|---|---|---|---|---|---|",

@@ -174,3 +174,14 @@ def train_then_signal(
             proc.kill()
             proc.wait()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err), proc.pid
+
+
+def isolate(mp, workdir: Path, tiny_mirror: Path, session_cache: Path) -> None:
+    """What the `isolated` fixture does for one test, for a module-scoped fixture's MonkeyPatch context:
+    run in `workdir`, offline, against the tiny mirror, with the session's caches and the default store."""
+    mp.chdir(workdir)
+    mp.setenv("ENCODERLAB_DATA_DIR", str(tiny_mirror))
+    mp.setenv("ENCODERLAB_CACHE_DIR", str(session_cache / "encoderlab"))
+    mp.setenv("HF_DATASETS_CACHE", str(session_cache / "hf_datasets"))
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import FAST, SCRATCH_SMALL
+from helpers import FAST, SCRATCH_SMALL, isolate
 
 LABELS = ["negative", "positive"]
 # lengths from one token to past max_length (64 for both models): sorted batches hold different lengths
@@ -36,12 +36,7 @@ def models(tmp_path_factory, tiny_bert, tiny_mirror, session_cache) -> dict[str,
 
     workdir = tmp_path_factory.mktemp("onnx")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(workdir)
-        mp.setenv("ENCODERLAB_DATA_DIR", str(tiny_mirror))
-        mp.setenv("ENCODERLAB_CACHE_DIR", str(session_cache / "encoderlab"))
-        mp.setenv("HF_DATASETS_CACHE", str(session_cache / "hf_datasets"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        isolate(mp, workdir, tiny_mirror, session_cache)
         args = ["train", "experiment=quickstart", *SCRATCH_SMALL, "trainer.max_epochs=1", "analysis=none"]
         assert main([*args, *FAST, "logger=none"]) == 0
     (run_dir,) = (workdir / "outputs" / "runs").glob("*/*")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import FAST, all_runs, artifacts
+from helpers import FAST, all_runs, artifacts, isolate
 
 pytestmark = pytest.mark.slow  # every test trains through the CLI (or reads a module-scoped run)
 
@@ -63,12 +63,7 @@ def trained(tmp_path_factory, tiny_bert, tiny_mirror, session_cache) -> Trained:
 
     workdir = tmp_path_factory.mktemp("report_run")
     with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(workdir)
-        mp.setenv("ENCODERLAB_DATA_DIR", str(tiny_mirror))
-        mp.setenv("ENCODERLAB_CACHE_DIR", str(session_cache / "encoderlab"))
-        mp.setenv("HF_DATASETS_CACHE", str(session_cache / "hf_datasets"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        isolate(mp, workdir, tiny_mirror, session_cache)
         code = main(
             [
                 "train",
