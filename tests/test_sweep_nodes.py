@@ -133,11 +133,16 @@ def test_three_independent_workers_on_postgresql_survive_a_kill_9(cli, isolated,
     counted = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(counted) == N_TRIALS, [(t.number, t.state.name, t.user_attrs) for t in trials]
     assert study.trials[dead.number].state.name == "FAIL"
+    assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
     retries = [t for t in trials if t.user_attrs.get("resumes_trial") == dead.number]
-    (retry,) = [t for t in retries if t in counted]  # two workers may enqueue one at once: the first wins
-    assert all(t.user_attrs.get("duplicate_of") == retry.number for t in retries if t is not retry)
-    assert retry in counted and retry.params == dead.params
-    assert retry.user_attrs["run_dir"] == str(trial_root / f"trial_{dead.number:04d}")  # continued there
+    done_retries = [t for t in retries if t in counted]  # two workers may enqueue one at once: the first wins
+    assert len(done_retries) <= 1, done_retries
+    # when the living workers finished n_trials before the dead trial's heartbeat ran out, there is
+    # nothing left to redo; otherwise its one retry continued it with its params, in its run directory
+    for retry in done_retries:
+        assert all(t.user_attrs.get("duplicate_of") == retry.number for t in retries if t is not retry)
+        assert retry.params == dead.params
+        assert retry.user_attrs["run_dir"] == str(trial_root / f"trial_{dead.number:04d}")
     # each worker drew its own proposals: no two trials trained the same params except a retry
     fresh = [
         tuple(sorted(t.params.items())) for t in trials if t.params and "resumes_trial" not in t.user_attrs
