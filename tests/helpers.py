@@ -185,3 +185,16 @@ def isolate(mp, workdir: Path, tiny_mirror: Path, session_cache: Path) -> None:
     mp.setenv("HF_DATASETS_CACHE", str(session_cache / "hf_datasets"))
     mp.setenv("HF_HUB_OFFLINE", "1")
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def isolated_env(mirror: Path, cache: Path) -> dict[str, str]:
+    """The environment of a subprocess started by a module-scoped fixture: offline, against `mirror`, with
+    the session's caches and the default store."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(
+        ENCODERLAB_DATA_DIR=str(mirror),
+        ENCODERLAB_CACHE_DIR=str(cache / "encoderlab"),
+        HF_DATASETS_CACHE=str(cache / "hf_datasets"),
+        HF_HUB_OFFLINE="1",
+    )
+    return env

@@ -16,7 +16,7 @@ import pytest
 
 from encoderlab.data.sampler import EpochShuffleSampler, LengthGroupedBatchSampler, eval_batches
 from encoderlab.paths import bundled_data_dir
-from helpers import SCRATCH_SMALL, all_runs
+from helpers import SCRATCH_SMALL, all_runs, isolated_env
 
 # the bundled quickstart data, a small scratch encoder, no dropout: one process and two then train the
 # same model up to float summation order (dropout masks would be drawn per process)
@@ -43,17 +43,6 @@ COMPARED = (
 )
 
 
-def _env(mirror: Path, cache: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(
-        ENCODERLAB_DATA_DIR=str(mirror),
-        ENCODERLAB_CACHE_DIR=str(cache / "encoderlab"),
-        HF_DATASETS_CACHE=str(cache / "hf_datasets"),
-        HF_HUB_OFFLINE="1",
-    )
-    return env
-
-
 def _encoderlab(cwd: Path, env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     res = subprocess.run(
         [sys.executable, "-m", "encoderlab", *args], cwd=cwd, env=env, capture_output=True, text=True,
@@ -75,7 +64,7 @@ def _metrics(run) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def env(tiny_mirror, session_cache) -> dict[str, str]:
-    return _env(tiny_mirror, session_cache)
+    return isolated_env(tiny_mirror, session_cache)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from encoderlab.tracking import (
     split_config,
 )
 from encoderlab.tracking_journal import Journal
-from helpers import FAST, SCRATCH_SMALL, MlflowServer
+from helpers import FAST, SCRATCH_SMALL, MlflowServer, isolated_env
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 GRID = [
@@ -109,13 +108,7 @@ def test_each_split_is_a_dataset_input_replayed_after_an_outage(isolated):
 def grid(tmp_path_factory, tiny_mirror, session_cache) -> Path:
     """`encoderlab train -m seed=1,2` (tiny scratch encoder, bundled data) in its own directory."""
     root = tmp_path_factory.mktemp("grid")
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env.update(
-        ENCODERLAB_DATA_DIR=str(tiny_mirror),
-        ENCODERLAB_CACHE_DIR=str(session_cache / "encoderlab"),
-        HF_DATASETS_CACHE=str(session_cache / "hf_datasets"),
-        HF_HUB_OFFLINE="1",
-    )
+    env = isolated_env(tiny_mirror, session_cache)
     cmd = [sys.executable, "-m", "encoderlab", "train", "-m", *GRID, "seed=1,2"]
     res = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
