@@ -128,6 +128,55 @@ def _grid_runs(root: Path):
 
 
 @pytest.mark.slow
+def test_parallel_runs_on_one_dataset_all_get_their_inputs(isolated):
+    """Runs of one experiment started together (a grid's parallel jobs, sweep workers) log the same
+    dataset at once; the store's lookup-then-insert races, and no run may fail on it."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from encoderlab.tracking_journal import send
+
+    uri = f"sqlite:///{isolated / 'mlflow.db'}"
+    experiment = MlflowClient(uri).create_experiment("parallel")
+    entries = [
+        {
+            "op": "inputs",
+            "datasets": [
+                {
+                    "name": "sst2",
+                    "digest": f"round{i}",
+                    "source_type": "local",
+                    "source": "{}",
+                    "context": "train",
+                }
+            ],
+        }
+        for i in range(4)
+    ]
+    failures: list[str] = []
+    for entry in entries:
+        runs = [MlflowClient(uri).create_run(experiment).info.run_id for _ in range(6)]
+        start = threading.Barrier(len(runs))
+
+        def log(run_id: str, entry: dict = entry, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                send(MlflowClient(uri), run_id, entry)
+            except Exception as ex:  # noqa: BLE001 - the assertion below shows it
+                failures.append(str(ex)[:300])
+
+        threads = [threading.Thread(target=log, args=(run_id,)) for run_id in runs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not failures, failures
+        for run_id in runs:
+            (linked,) = MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+            assert linked.dataset.digest == entry["datasets"][0]["digest"]
+
+
 def test_grid_children_differ_in_seed_only(grid):
     exp, children = _grid_runs(grid)
     assert exp.tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND

@@ -177,11 +177,27 @@ def send(client, run_id: str, entry: dict) -> None:
             )
             for d in entry["datasets"]
         ]
-        client.log_inputs(run_id, datasets=inputs)
+        _log_inputs(client, run_id, inputs)
     elif op == "terminate":
         client.set_terminated(run_id, entry["status"], end_time=entry.get("end_time"))
     else:
         raise ValueError(f"unknown journal entry {op!r}")
+
+
+def _log_inputs(client, run_id: str, inputs: list, attempts: int = 5) -> None:
+    """client.log_inputs, again when another run of the experiment inserted the same dataset (name,
+    digest) between the store's lookup and its insert: parallel runs on one dataset race there, on SQLite
+    and on a server's database alike. The failed call is rolled back whole; the retry finds the dataset."""
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except Exception as ex:
+            text = str(ex)
+            duplicate = "datasets" in text and ("UNIQUE constraint" in text or "duplicate key" in text)
+            if not duplicate or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def register(client, run_id: str, name: str, artifact_path: str) -> str:
