@@ -4,10 +4,14 @@
     encoderlab table --experiment sst2_grid --metrics test/accuracy,test/f1_macro
     encoderlab table --parent <sweep parent run id> --format latex --baseline model._target_=...
     encoderlab table --experiment sst2_grid --filter "params.dataset.name = 'sst2'" --plot results.png
+    encoderlab table -e grid --ci t --baseline model=minilm --test wilcoxon --example-tests mcnemar,bootstrap
 
-Runs are grouped by the config keys whose values differ between them, the seed (and bookkeeping keys
-such as output_dir) excluded; each group reports n, mean ± std (sample std) and a 95% bootstrap CI of
-the mean. A baseline group can be compared by Welch's t-test or a paired bootstrap over shared seeds.
+Runs are grouped by the config keys whose values differ between them, the seed, fold (and bookkeeping
+keys such as output_dir) excluded; each group reports n, mean ± std (sample std) and a CI of the mean
+(--ci: BCa bootstrap, t-interval or percentile bootstrap). --baseline compares every other group with
+one: over the seeds (or seed/fold units) they share (--test), and with --example-tests on their test
+predictions (McNemar, paired bootstrap over test examples); p-values are Holm-adjusted across groups.
+See docs/statistics.md.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from pathlib import Path
 from encoderlab.commands import command_parser
 from encoderlab.errors import EncoderlabError
 from encoderlab.results_table import (
-    compare,
+    ci_note,
+    comparisons,
     group_runs,
     latest_sweep,
     load_runs,
@@ -27,6 +32,40 @@ from encoderlab.results_table import (
     render,
     varying_keys,
 )
+from encoderlab.table_stats import EXAMPLE_METRICS, EXAMPLE_TESTS, INTERVALS, UNIT_TESTS
+
+
+class TableUsageError(EncoderlabError):
+    """Options that do not go together (e.g. a test without --baseline): exit 2, nothing opened."""
+
+    exit_code = 2
+
+
+def _example_tests(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in EXAMPLE_TESTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown example-level test {', '.join(unknown) or repr(text)}; allowed: "
+            f"{', '.join(EXAMPLE_TESTS)} (comma-separated)"
+        )
+    return names
+
+
+def _level(text: str) -> float:
+    try:
+        level = float(text)
+    except ValueError:
+        level = -1.0
+    if not 0 < level < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a confidence level between 0 and 1, e.g. 0.95")
+    return level
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,15 +86,60 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         help="the group to compare against, e.g. 'model.name_or_path=...' (a substring of the group label)",
     )
-    p.add_argument("--test", choices=("welch", "paired-bootstrap"), default="paired-bootstrap")
-    p.add_argument("--plot", type=Path, help="PNG of the first metric: mean and 95%% CI per group")
+    p.add_argument(
+        "--ci",
+        choices=tuple(INTERVALS),
+        default="bca",
+        help="CI of each group's mean: bca (BCa bootstrap, default), t (t-interval), percentile (bootstrap)",
+    )
+    p.add_argument("--level", type=_level, default=0.95, help="confidence level of the CIs (default 0.95)")
+    p.add_argument(
+        "--test",
+        choices=tuple(UNIT_TESTS),
+        help="with --baseline: the test of the first metric over the units (seeds, seed/fold) a group shares "
+        "with the baseline: paired-t (default), wilcoxon, paired-bootstrap (a CI of the mean paired "
+        "difference, no p), or welch (unpaired, all runs)",
+    )
+    p.add_argument(
+        "--example-tests",
+        type=_example_tests,
+        default=[],
+        metavar="mcnemar,bootstrap",
+        help="with --baseline: tests on the test predictions of each group's runs (their ensemble): "
+        "mcnemar (accuracy) and/or bootstrap (paired bootstrap over test examples of the first metric)",
+    )
+    p.add_argument("--n-resamples", type=_positive, default=10000, help="bootstrap resamples (default 10000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the bootstraps (default 0)")
+    p.add_argument("--plot", type=Path, help="PNG of the first metric: mean and CI per group")
     p.add_argument("--output", "-o", type=Path, help="also write the table to this file")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI or sqlite:///outputs/mlflow.db")
     return p
 
 
+def _check(args: argparse.Namespace, metrics: list[str]) -> None:
+    """Refuse option combinations that cannot work, before the store is opened."""
+    if not metrics:
+        raise TableUsageError("--metrics is empty: give at least one metric, e.g. test/accuracy.")
+    if not args.baseline and (args.test or args.example_tests):
+        which = "--test" if args.test else "--example-tests"
+        raise TableUsageError(
+            f"{which} compares groups with a baseline group: add --baseline GROUP (a group label or a "
+            "substring of one, e.g. --baseline model=minilm)."
+        )
+    if "bootstrap" in args.example_tests:
+        name = metrics[0]
+        if not name.startswith("test/") or name.removeprefix("test/") not in EXAMPLE_METRICS:
+            raise TableUsageError(
+                f"--example-tests bootstrap resamples the test predictions for the first of --metrics, "
+                f"{name}, which they cannot give; put one of "
+                f"{', '.join('test/' + m for m in EXAMPLE_METRICS)} first."
+            )
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    _check(args, metrics)
     from encoderlab.tracking import default_tracking_uri, tracking_client
 
     uri = args.tracking_uri or default_tracking_uri()
@@ -73,13 +157,13 @@ def main(argv: list[str]) -> int:
     frame = load_runs(client, args.experiment, parent, args.filter)
     if frame.empty:
         raise EncoderlabError("No finished runs match (only FINISHED runs are tabulated).")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     group_by = [k.strip() for k in args.group_by.split(",")] if args.group_by else varying_keys(frame)
     unknown = [k for k in group_by if f"params.{k}" not in frame]
     if unknown:
         raise EncoderlabError(f"--group-by: no config key {', '.join(unknown)} in these runs' params.")
-    groups = group_runs(frame, metrics, group_by)
-    extra = None
+    stat = {"ci": args.ci, "level": args.level, "n_resamples": args.n_resamples, "seed": args.seed}
+    groups = group_runs(frame, metrics, group_by, **stat)
+    extra, notes = None, [ci_note(**stat)]
     if args.baseline:
         matches = [g for g in groups if g.group == args.baseline] or [
             g for g in groups if args.baseline in g.group
@@ -89,21 +173,22 @@ def main(argv: list[str]) -> int:
                 f"--baseline {args.baseline!r} matches {len(matches)} groups; it must match one of: "
                 + "; ".join(g.group for g in groups)
             )
-        base = matches[0]
-        name = f"Δ {metrics[0]} vs baseline" + (
-            " (Welch)" if args.test == "welch" else " (paired bootstrap 95% CI)"
+        extra, more = comparisons(
+            groups, matches[0], metrics[0], args.test or "paired-t", args.example_tests, client, **stat
         )
-        extra = {name: ["baseline" if g is base else compare(base, g, metrics[0], args.test) for g in groups]}
-    text = render(groups, metrics, args.format, extra)
+        notes += more
+    text = render(groups, metrics, args.format, extra, args.ci, args.level, notes)
     print(text, end="")
     print(
         f"{len(frame)} runs in {len(groups)} groups; grouped by: {', '.join(group_by) or '(nothing differs)'}",
         file=sys.stderr,
     )
+    if args.format == "csv":  # the CSV stays a plain table: what its columns mean goes to stderr
+        print("\n".join(f"- {n}" for n in notes), file=sys.stderr)
     if args.output:
         args.output.write_text(text)
     if args.plot:
-        plot_groups(groups, metrics[0], args.plot)
+        plot_groups(groups, metrics[0], args.plot, f"{args.level * 100:g}% {INTERVALS[args.ci]} CI")
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
