@@ -101,6 +101,13 @@ CASES = [
     ("train: unknown flag", ["train", "--nope"], 2, ["unrecognized arguments: --nope"]),
     ("predict: no model", ["predict"], 2, ["required: model"]),
     ("table: unknown format", ["table", "--format", "xml"], 2, ["--format", "'xml'", "markdown"]),
+    (
+        "table: McNemar without a baseline",
+        ["table", "--example-tests", "mcnemar"],
+        2,
+        ["--example-tests compares groups with a baseline", "--baseline"],
+    ),
+    ("table: unknown test", ["table", "--test", "ttest"], 2, ["--test", "'ttest'", "paired-t", "wilcoxon"]),
     ("malformed override", [*SST2, "optimizer.lr=[1e-3"], 2, ["could not parse the override"]),
     # ---- config: keys, types, values (exit 2, nothing opened)
     ("unknown key", [*SST2, "model.foo=1"], 2, ["unknown key 'model.foo'", "name_or_path"]),
