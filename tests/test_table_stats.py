@@ -218,6 +218,7 @@ def test_example_level_mcnemar_and_paired_bootstrap(cli, store):
         got = [table.loc[f"model={g}", f"p Holm ({name})"] for g in raw]
         assert got == [f"{p:.3g}" for p in adjusted]
     assert "each group's ensemble (class probabilities averaged over its runs)" in err
+    assert "Ensemble sizes differ (" in err and "model=single: 1 runs" in err and "model=base: 5 runs" in err
     assert "McNemar: statsmodels mcnemar" in err and f"{N_RESAMPLES} resamples, seed 3" in err
 
 

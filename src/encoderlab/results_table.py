@@ -296,6 +296,13 @@ def comparisons(
             "runs) on one test set; they ask whether the two models differ on these examples, not whether "
             "the training recipes differ across seeds."
         )
+        sizes = {g.group: len(g.run_ids) for g in groups}
+        if len(set(sizes.values())) > 1:
+            notes.append(
+                "Ensemble sizes differ ("
+                + ", ".join(f"{k}: {v} runs" for k, v in sizes.items())
+                + "): a larger ensemble is usually more accurate, which favours it in these tests."
+            )
     if k:
         notes.append(
             f"p Holm: Holm–Bonferroni over the {k} group(s) compared with the baseline, per test "
