@@ -1,8 +1,10 @@
 """Paper-style results from MLflow runs: runs grouped by the config keys that differ, mean ± std over
-seeds, bootstrap CIs, baseline comparisons, Markdown/LaTeX/CSV and a plot (`encoderlab table`)."""
+units of replication (seeds, cross-validation folds, or both), bootstrap CIs, baseline comparisons,
+Markdown/LaTeX/CSV and a plot (`encoderlab table`)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from encoderlab.tracking import is_bookkeeping
 # keys that differ between runs without being an experimental factor
 IGNORED = (
     "seed",
+    "dataset.cv.fold",  # a fold is a unit like a seed; dataset.cv.folds stays a factor
     "output_dir",
     "run_name",
     "trainer.enable_progress_bar",
@@ -29,9 +32,38 @@ CHOICE_TAG = "tags.encoderlab.choice."  # the config-group options a run compose
 class GroupStats:
     group: str
     n: int
-    seeds: list[str]
+    units: list[str]  # "seed=<s>", or "seed=<s>/fold=<i>" for cross-validation runs
     stats: dict[str, tuple[float, float, float, float]]  # metric -> (mean, std, ci_low, ci_high)
-    values: dict[str, dict[str, float]]  # metric -> seed -> value
+    values: dict[str, dict[str, float]]  # metric -> unit -> value
+
+
+def run_units(frame: pd.DataFrame) -> pd.Series:
+    """Each run's unit of replication: "seed=<s>", or "seed=<s>/fold=<i>" when it is fold i of a
+    cross-validation (params dataset.cv.folds set, dataset.cv.fold). Runs without a seed: their id."""
+    if "params.seed" not in frame:
+        return frame["run_id"].astype(str)
+    units = "seed=" + frame["params.seed"].astype(str)
+    if "params.dataset.cv.fold" in frame and "params.dataset.cv.folds" in frame:
+        folds = frame["params.dataset.cv.folds"].fillna("None").astype(str)
+        cv = folds != "None"
+        units = units.where(~cv, units + "/fold=" + frame["params.dataset.cv.fold"].astype(str))
+    return units
+
+
+def _unit_order(unit: str) -> list:
+    """Natural order: seed=2/fold=10 after seed=2/fold=9."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", unit)]
+
+
+def n_counts(g: GroupStats) -> str:
+    """What a group's n counts: "5 folds", "5 folds × 2 seeds" or "3 seeds"."""
+    seeds = {u.split("/")[0] for u in g.units}
+    folds = {u.split("/", 1)[1] for u in g.units if "/fold=" in u}
+    if not folds:
+        return f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
+    if len(seeds) == 1:
+        return f"{len(folds)} fold{'s' * (len(folds) != 1)}"
+    return f"{len(folds)} folds × {len(seeds)} seeds"
 
 
 def bootstrap_ci(values: np.ndarray, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
@@ -137,7 +169,7 @@ def group_runs(frame: pd.DataFrame, metrics: list[str], group_by: list[str]) -> 
         if group_by
         else pd.Series(["all runs"] * len(frame))
     )
-    seeds = frame["params.seed"].astype(str) if "params.seed" in frame else frame["run_id"]
+    units = run_units(frame)
     out = []
     for label in dict.fromkeys(labels):
         rows = frame[labels == label]
@@ -146,8 +178,8 @@ def group_runs(frame: pd.DataFrame, metrics: list[str], group_by: list[str]) -> 
             v = rows[f"metrics.{m}"].dropna().to_numpy(dtype=float)
             lo, hi = bootstrap_ci(v)
             stats[m] = (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0, lo, hi)
-            values[m] = dict(zip(seeds[rows.index], rows[f"metrics.{m}"], strict=True))
-        out.append(GroupStats(label, len(rows), sorted(seeds[rows.index]), stats, values))
+            values[m] = dict(zip(units[rows.index], rows[f"metrics.{m}"], strict=True))
+        out.append(GroupStats(label, len(rows), sorted(units[rows.index], key=_unit_order), stats, values))
     return out
 
 
@@ -173,10 +205,12 @@ def compare(base: GroupStats, other: GroupStats, metric: str, test: str, seed: i
 def render(
     groups: list[GroupStats], metrics: list[str], fmt: str, extra: dict[str, list[str]] | None = None
 ) -> str:
-    header = ["group", "n", *[f"{m} (mean ± std)" for m in metrics], *[f"{m} 95% CI" for m in metrics]]
+    cv = any("/fold=" in u for g in groups for u in g.units)  # then a column says what n counts
+    header = ["group", "n", *(["n counts"] if cv else [])]
+    header += [*[f"{m} (mean ± std)" for m in metrics], *[f"{m} 95% CI" for m in metrics]]
     rows = []
     for g in groups:
-        row = [g.group, str(g.n)]
+        row = [g.group, str(g.n), *([n_counts(g)] if cv else [])]
         row += [f"{g.stats[m][0]:.4f} ± {g.stats[m][1]:.4f}" for m in metrics]
         row += [f"[{g.stats[m][2]:.4f}, {g.stats[m][3]:.4f}]" for m in metrics]
         rows.append(row)
@@ -205,7 +239,7 @@ def render(
 
 
 def plot_groups(groups: list[GroupStats], metric: str, path: Path) -> Path:
-    """Mean with 95% CI error bars per group, individual seeds as dots."""
+    """Mean with 95% CI error bars per group, individual runs (seeds, folds) as dots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,7 +252,7 @@ def plot_groups(groups: list[GroupStats], metric: str, path: Path) -> Path:
         ax.scatter(list(g.values[metric].values()), [i] * g.n, color="grey", s=12, alpha=0.7, zorder=3)
     ax.set_yticks(range(len(groups)), labels=[g.group for g in groups], fontsize=8)
     ax.invert_yaxis()
-    ax.set(xlabel=f"{metric} (mean, 95% bootstrap CI; dots: seeds)")
+    ax.set(xlabel=f"{metric} (mean, 95% bootstrap CI; dots: runs)")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

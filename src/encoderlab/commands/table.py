@@ -5,9 +5,10 @@
     encoderlab table --parent <sweep parent run id> --format latex --baseline model._target_=...
     encoderlab table --experiment sst2_grid --filter "params.dataset.name = 'sst2'" --plot results.png
 
-Runs are grouped by the config keys whose values differ between them, the seed (and bookkeeping keys
-such as output_dir) excluded; each group reports n, mean ± std (sample std) and a 95% bootstrap CI of
-the mean. A baseline group can be compared by Welch's t-test or a paired bootstrap over shared seeds.
+Runs are grouped by the config keys whose values differ between them, the seed, the cross-validation
+fold (dataset.cv.fold) and bookkeeping keys such as output_dir excluded; each group reports n (its runs:
+seeds, folds, or folds × seeds, said in an "n counts" column when folds are in the table), mean ± std
+(sample std) and a 95% bootstrap CI of the mean. A baseline group can be compared by Welch's t-test or a paired bootstrap over shared seeds.
 """
 
 from __future__ import annotations
