@@ -72,6 +72,15 @@ class TokenizerConfig:
 
 
 @dataclass
+class CVConfig:
+    """k-fold cross-validation over the train split (docs/cross-validation.md): folds=K trains on K-1
+    folds and validates on fold `fold` (0-based); the test split is left as it is."""
+
+    folds: int | None = None  # K >= 2; None: no cross-validation
+    fold: int = 0  # the held-out fold, in [0, folds)
+
+
+@dataclass
 class DatasetConfig:
     """Where the text and labels come from and how the splits are built."""
 
@@ -102,6 +111,8 @@ class DatasetConfig:
     max_eval_samples: int | None = None
     max_test_samples: int | None = None
     subset_seed: int = 42
+    # k-fold: validation = held-out fold of train (after drop rare, before caps), seeded by split_seed
+    cv: CVConfig = field(default_factory=CVConfig)
     # batching
     batch_size: int = 8
     eval_batch_size: int = 32
@@ -249,6 +260,7 @@ SCHEMAS: dict[str, type] = {
     "model": HFModelConfig,
     "tokenizer": TokenizerConfig,
     "dataset": DatasetConfig,
+    "dataset.cv": CVConfig,
     "logger": LoggerConfig,
     "analysis": AnalysisConfig,
     "analysis.report": ReportConfig,

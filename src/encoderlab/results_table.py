@@ -4,6 +4,7 @@ table`). The statistics themselves live in table_stats."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from encoderlab.tracking import is_bookkeeping
 # keys that differ between runs without being an experimental factor
 IGNORED = (
     "seed",
-    "dataset.cv.fold",
+    "dataset.cv.fold",  # a fold is a unit like a seed; dataset.cv.folds stays a factor
     "output_dir",
     "run_name",
     "trainer.enable_progress_bar",
@@ -39,22 +40,40 @@ class GroupStats:
     intervals: dict[str, Interval] = field(default_factory=dict)  # metric -> CI, or why there is none
 
 
+def run_units(frame: pd.DataFrame) -> pd.Series:
+    """Each run's unit of replication: "seed=<s>", or "seed=<s>/fold=<i>" when it is fold i of a
+    cross-validation (params dataset.cv.folds set, dataset.cv.fold). Runs without a seed: their id."""
+    if "params.seed" not in frame:
+        return frame["run_id"].astype(str)
+    units = "seed=" + frame["params.seed"].astype(str)
+    if "params.dataset.cv.fold" in frame and "params.dataset.cv.folds" in frame:
+        folds = frame["params.dataset.cv.folds"].fillna("None").astype(str)
+        cv = folds != "None"
+        units = units.where(~cv, units + "/fold=" + frame["params.dataset.cv.fold"].astype(str))
+    return units
+
+
+def _unit_order(unit: str) -> list:
+    """Natural order: seed=2/fold=10 after seed=2/fold=9."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", unit)]
+
+
+def n_counts(g: GroupStats) -> str:
+    """What a group's n counts: "5 folds", "5 folds × 2 seeds" or "3 seeds"."""
+    seeds = {u.split("/")[0] for u in g.units}
+    folds = {u.split("/", 1)[1] for u in g.units if "/fold=" in u}
+    if not folds:
+        return f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
+    if len(seeds) == 1:
+        return f"{len(folds)} fold{'s' * (len(folds) != 1)}"
+    return f"{len(folds)} folds × {len(seeds)} seeds"
+
+
 def bootstrap_ci(values: np.ndarray, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap CI of the mean (scipy.stats.bootstrap); the mean twice for n<2."""
     ci = mean_ci(values, "percentile", 0.95, n_boot, seed)
     mean = float(np.mean(values))
     return (mean, mean) if ci.low is None else (ci.low, ci.high)
-
-
-def run_units(frame: pd.DataFrame) -> pd.Series:
-    """Each run's unit of replication: seed=<s>, or seed=<s>/fold=<i> for a cross-validation fold."""
-    seeds = frame["params.seed"].astype(str) if "params.seed" in frame else frame["run_id"]
-    units = "seed=" + seeds
-    if "params.dataset.cv.fold" in frame:
-        folds = frame["params.dataset.cv.fold"]
-        has = folds.notna() & ~folds.astype(str).isin(["None", "null", ""])
-        units = units.where(~has, units + "/fold=" + folds.astype(str))
-    return units
 
 
 def latest_sweep(client):
@@ -174,7 +193,17 @@ def group_runs(
             values[m] = dict(zip(units[rows.index], rows[f"metrics.{m}"], strict=True))
             intervals[m] = interval
         run_ids = rows["run_id"].tolist() if "run_id" in rows else []
-        out.append(GroupStats(label, len(rows), sorted(units[rows.index]), stats, values, run_ids, intervals))
+        out.append(
+            GroupStats(
+                label,
+                len(rows),
+                sorted(units[rows.index], key=_unit_order),
+                stats,
+                values,
+                run_ids,
+                intervals,
+            )
+        )
     return out
 
 
@@ -338,15 +367,12 @@ def render(
 ) -> str:
     """The table as Markdown (notes below it), LaTeX (notes as the caption) or CSV (the column names say
     the interval and tests; the notes are for the caller to print elsewhere)."""
-    header = [
-        "group",
-        "n",
-        *[f"{m} (mean ± std)" for m in metrics],
-        *[ci_header(m, ci, level) for m in metrics],
-    ]
+    cv = any("/fold=" in u for g in groups for u in g.units)  # then a column says what n counts
+    header = ["group", "n", *(["n counts"] if cv else [])]
+    header += [*[f"{m} (mean ± std)" for m in metrics], *[ci_header(m, ci, level) for m in metrics]]
     rows = []
     for g in groups:
-        row = [g.group, str(g.n)]
+        row = [g.group, str(g.n), *([n_counts(g)] if cv else [])]
         row += [f"{g.stats[m][0]:.4f} ± {g.stats[m][1]:.4f}" for m in metrics]
         row += [_ci_cell(g, m) for m in metrics]
         rows.append(row)
@@ -386,7 +412,7 @@ def _ci_cell(g: GroupStats, metric: str) -> str:
 
 
 def plot_groups(groups: list[GroupStats], metric: str, path: Path, ci_label: str = "95% CI") -> Path:
-    """Mean with CI error bars per group, individual runs as dots."""
+    """Mean with CI error bars per group, individual runs (seeds, folds) as dots."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -388,13 +388,17 @@ def pip_freeze() -> str:
 
 
 def default_run_name(cfg: DictConfig) -> str:
-    """<experiment>-<MMDD-HHMMSS>-<4 hex>[-job<N>]: unique even after seed_everything fixed `random`."""
+    """<experiment>-<MMDD-HHMMSS>-<4 hex>[-fold<i>][-job<N>]: unique even after seed_everything fixed
+    `random`; -fold<i> with dataset.cv (cross-validation)."""
     import secrets
     from datetime import datetime
 
     from hydra.core.hydra_config import HydraConfig
 
     name = f"{cfg.experiment_name}-{datetime.now():%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    cv = OmegaConf.select(cfg, "dataset.cv")
+    if cv is not None and cv.get("folds") is not None:
+        name += f"-fold{cv.fold}"
     if _in_multirun():
         name += f"-job{HydraConfig.get().job.num}"
     return name

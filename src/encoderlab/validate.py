@@ -201,6 +201,44 @@ def _check_dataset(ds: DictConfig) -> None:
             f"Config error: dataset.data_files has no '{ds.train_split}' entry (dataset.train_split); "
             f"it has: {', '.join(ds.data_files.keys())}."
         )
+    _check_cv(ds)
+
+
+def cv_without_test(ds: DictConfig) -> str:
+    """The error when dataset.cv is on and nothing would be tested but the held-out fold."""
+    return (
+        f"Config error: dataset.cv.folds={ds.cv.folds} makes the validation split the held-out fold of the "
+        f"train split, and dataset '{ds.name}' has no test split (dataset.test_split is null and "
+        "dataset.test_size is not set): the test stage would report on the held-out fold, the rows that "
+        "chose the checkpoint. Set dataset.test_size (e.g. 0.1: a stratified test split carved from train "
+        "before the folds) or dataset.test_split=<a labelled split> (e.g. dataset.test_split=validation "
+        "for GLUE sets, whose test labels are hidden)."
+    )
+
+
+def _check_cv(ds: DictConfig) -> None:
+    """dataset.cv: folds null or >= 2, fold in [0, folds), and a test split that is not the fold."""
+    cv = ds.get("cv")
+    if cv is None:
+        return
+    if cv.folds is None:
+        if cv.fold != 0:
+            raise ConfigError(
+                f"Config error: dataset.cv.fold={cv.fold} is set but dataset.cv.folds is not: say how many "
+                f"folds, e.g. dataset.cv.folds=5 dataset.cv.fold={cv.fold} (folds are numbered from 0)."
+            )
+        return
+    if cv.folds < 2:
+        _fail("dataset.cv.folds", cv.folds, "null (no cross-validation) or an integer >= 2")
+    if not 0 <= cv.fold < cv.folds:
+        _fail("dataset.cv.fold", cv.fold, f"an integer in [0, {cv.folds}) with dataset.cv.folds={cv.folds}")
+    local_test = (
+        ds.path in ("csv", "json", "parquet")
+        and isinstance(ds.data_files, DictConfig)
+        and "test" in ds.data_files
+    )
+    if ds.test_split is None and ds.test_size is None and not local_test:
+        raise ConfigError(cv_without_test(ds))
 
 
 def _check_encoding(ds: DictConfig) -> None:

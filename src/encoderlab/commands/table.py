@@ -6,8 +6,9 @@
     encoderlab table --experiment sst2_grid --filter "params.dataset.name = 'sst2'" --plot results.png
     encoderlab table -e grid --ci t --baseline model=minilm --test wilcoxon --example-tests mcnemar,bootstrap
 
-Runs are grouped by the config keys whose values differ between them, the seed, fold (and bookkeeping
-keys such as output_dir) excluded; each group reports n, mean ± std (sample std) and a CI of the mean
+Runs are grouped by the config keys whose values differ between them, the seed, the
+cross-validation fold (dataset.cv.fold) and bookkeeping keys such as output_dir excluded; each group
+reports n (seeds, folds, or folds × seeds: an "n counts" column says which when folds are in the table), mean ± std (sample std) and a CI of the mean
 (--ci: BCa bootstrap, t-interval or percentile bootstrap). --baseline compares every other group with
 one: over the seeds (or seed/fold units) they share (--test), and with --example-tests on their test
 predictions (McNemar, paired bootstrap over test examples); p-values are Holm-adjusted across groups.

@@ -71,7 +71,7 @@ def split_inputs(ds_cfg: DictConfig, prepared: PreparedSplits) -> list[dict[str,
     carved = ds_cfg.train_split  # a split carved from train comes from the train split's source
     raw = {
         "train": ds_cfg.train_split,
-        "validation": ds_cfg.validation_split or carved,
+        "validation": carved if prepared.cv else (ds_cfg.validation_split or carved),
         "test": carved if prepared.test_source == "carved from train" else prepared.test_source,
     }
     out, seen = [], set()

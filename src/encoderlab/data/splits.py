@@ -1,7 +1,8 @@
 """Turn raw splits into train / validation / test with `text`, optional `text_pair` and int `labels`.
 
 Order of operations (each step seeded): column checks -> label mapping -> train pool -> balanced
-per-class sampling -> dropping rare classes -> carving validation (stratified) -> per-split caps.
+per-class sampling -> dropping rare classes -> carving test (test_size) -> carving validation (stratified),
+or with dataset.cv.folds=K the held-out fold of a stratified K-fold as validation -> per-split caps.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig, ListConfig
 
-from encoderlab.errors import EncoderlabError
+from encoderlab.errors import ConfigError, EncoderlabError
+from encoderlab.validate import cv_without_test
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ class PreparedSplits:
     test_is_validation: bool = False
     test_source: str = "test"  # the source split, "carved from train", or "validation"
     notes: list[str] = field(default_factory=list)
+    cv: tuple[int, int] | None = None  # (fold, folds): validation is held-out fold `fold` of the train split
 
 
 def _text_fields(ds_cfg: DictConfig) -> list[str]:
@@ -249,6 +252,44 @@ def _stratified_carve(ds: Dataset, size: float, seed: int) -> tuple[Dataset, Dat
     return ds.select(train_idx.tolist()).flatten_indices(), ds.select(val_idx.tolist()).flatten_indices()
 
 
+def cv_setting(ds_cfg: DictConfig) -> tuple[int, int] | None:
+    """(fold, folds) of dataset.cv, or None without cross-validation (and for configs from before it)."""
+    cv = ds_cfg.get("cv")
+    if cv is None or cv.get("folds") is None:
+        return None
+    return int(cv.fold), int(cv.folds)
+
+
+def _kfold(
+    train: Dataset, fold: int, folds: int, seed: int, names: list[str], ds_cfg: DictConfig
+) -> tuple[Dataset, Dataset]:
+    """(train, validation): fold `fold` of a stratified, shuffled K-fold (sklearn's StratifiedKFold,
+    seeded) held out as validation; the other K-1 folds train. Each class needs >= K rows, else some
+    fold's validation would miss it (sklearn only warns): an error naming the classes."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if not 0 <= fold < folds:
+        raise ConfigError(f"Config error: dataset.cv.fold={fold} is outside [0, {folds}) (dataset.cv.folds).")
+    labels = np.asarray(train["labels"], dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(names))
+    small = [f"'{names[c]}' ({n})" for c, n in enumerate(counts) if 0 < n < folds]
+    if small:
+        raise EncoderlabError(
+            f"dataset.cv.folds={folds} needs at least {folds} train rows of every class, one per held-out "
+            f"fold; dataset '{ds_cfg.name}' has fewer for class(es) {', '.join(small)} (rows counted after "
+            "train_pool_size, samples_per_class, min_class_count and test_size). Use fewer folds, or drop "
+            f"the rare classes with dataset.min_class_count={folds}."
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(
+        split for i, split in enumerate(splitter.split(np.zeros(len(labels)), labels)) if i == fold
+    )
+    return (
+        train.select(train_idx.tolist()).flatten_indices(),
+        train.select(val_idx.tolist()).flatten_indices(),
+    )
+
+
 def _need_split(raw: DatasetDict, split: str, key: str, ds_cfg: DictConfig) -> Dataset:
     if split not in raw:
         raise EncoderlabError(
@@ -335,10 +376,18 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
             return None
         return _normalise(split, _need_split(raw, split, key, ds_cfg), ds_cfg, names, notes)
 
-    val_split = _file_split("validation", ds_cfg.validation_split, None, ds_cfg, notes)
+    cv = cv_setting(ds_cfg)
+    val_split = _file_split("validation", ds_cfg.validation_split, None, ds_cfg, [] if cv else notes)
+    if cv is not None and val_split is not None:
+        message = f"validation split '{val_split}' unused: dataset.cv validates on held-out fold {cv[0]}"
+        log.info("%s", message)
+        notes.append(message)
+        val_split = None
     test_split = _file_split("test", ds_cfg.test_split, ds_cfg.test_size, ds_cfg, notes)
     val = given(val_split, "dataset.validation_split")
     test = given(test_split, "dataset.test_split")
+    if cv is not None and test is None and ds_cfg.test_size is None:
+        raise ConfigError(cv_without_test(ds_cfg))
 
     if ds_cfg.train_pool_size is not None:
         train = _shuffle_take(train, ds_cfg.train_pool_size, ds_cfg.subset_seed)
@@ -376,7 +425,9 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
         n_test = _carve_rows("test_size", ds_cfg.test_size, len(train), ds_cfg)
         train, test = _stratified_carve(train, n_test, ds_cfg.split_seed)
         notes.append(f"test carved from train: {len(test)} rows (stratified, seed {ds_cfg.split_seed})")
-    if val is None:
+    if cv is not None:
+        train, val = _kfold(train, *cv, ds_cfg.split_seed, names, ds_cfg)
+    elif val is None:
         val_rows = _carve_rows("val_size", ds_cfg.val_size, pool, ds_cfg, left=len(train))
         train, val = _stratified_carve(
             train, val_rows, ds_cfg.split_seed + 1 if carved_test else ds_cfg.split_seed
@@ -389,6 +440,12 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
     test = val if test is None else _shuffle_take(test, ds_cfg.max_test_samples, ds_cfg.subset_seed)
     if test_is_validation:
         notes.append("no test split: the test stage reports on the validation split")
+    if cv is not None:
+        fold_line = (
+            f"fold {cv[0]}/{cv[1]}: {len(train):,} train / {len(val):,} validation "
+            f"(stratified, split_seed {ds_cfg.split_seed})"
+        )
+        notes.append(fold_line)
 
     for split, ds in (("train", train), ("validation", val), ("test", test)):
         if len(ds) == 0:
@@ -407,10 +464,15 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
         "; ".join(notes) or "splits as given",
     )
     test_source = "validation" if test_is_validation else ("carved from train" if carved_test else test_split)
+    if cv is not None:
+        log.info(
+            "Cross-validation %s; test: %s (%d rows, not in any fold)", fold_line, test_source, len(test)
+        )
     return PreparedSplits(
         splits=splits,
         label_names=names,
         test_is_validation=test_is_validation,
         test_source=test_source,
         notes=notes,
+        cv=cv,
     )
