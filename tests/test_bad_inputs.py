@@ -162,6 +162,21 @@ CASES = [
     ("test_size=-0.2", [*SST2, "dataset.test_size=-0.2"], 2, ["'dataset.test_size'", "-0.2"]),
     ("unknown encoding", [*SST2, "dataset.encoding=klingon"], 2, ["'dataset.encoding'", "latin-1"]),
     ("word_dropout=1", [*SST2, "dataset.word_dropout=1.0"], 2, ["'dataset.word_dropout'", "[0, 1)"]),
+    ("unknown class_weights", [*SST2, "loss.class_weights=balanced"], 2, ["'loss.class_weights'", "auto"]),
+    ("negative focal_gamma", [*SST2, "loss.focal_gamma=-1"], 2, ["'loss.focal_gamma'", "0 (off)"]),
+    ("unknown sampler", [*SST2, "dataset.sampler=stratified"], 2, ["'dataset.sampler'", "balanced"]),
+    (
+        "balanced sampler with group_by_length",
+        [*SST2, "dataset.sampler=balanced", "dataset.group_by_length=true"],
+        2,
+        ["dataset.sampler=balanced", "dataset.group_by_length=false"],
+    ),
+    (
+        "class_weights of the wrong length",
+        [*SST2, "loss.class_weights=[1.0,2.0,3.0]"],
+        1,
+        ["3 weights", "2 labels", "auto"],
+    ),
     ("n_heads not dividing d_model", [*SCRATCH, "model.n_heads=5"], 2, ["model.n_heads=5", "must divide"]),
     (
         "max_positions under max_length",

@@ -116,6 +116,7 @@ class DatasetConfig:
     # batching
     batch_size: int = 8
     eval_batch_size: int = 32
+    sampler: str = "shuffle"  # shuffle | balanced (rows drawn with probability 1 / their class's rows)
     group_by_length: bool = False  # train batches of similar length (less padding), batch order shuffled
     sort_eval_by_length: bool = True  # validation/test batches in length order (results keep row order)
     pad_to_multiple_of: int | None = None  # shape buckets for torch.compile / tensor cores
@@ -128,9 +129,12 @@ class DatasetConfig:
 
 @dataclass
 class LossConfig:
-    """Cross-entropy on the logits."""
+    """Cross-entropy on the logits, optionally class-weighted and focal (encoderlab/models/losses.py)."""
 
     label_smoothing: float = 0.0  # in [0, 1): mass spread over the other classes (regularises small data)
+    class_weights: Any = None  # null | auto (inverse frequency) | effective | [w1, ..., wC] (label order)
+    effective_beta: float = 0.999  # class_weights=effective: (1 - beta) / (1 - beta**count) (Cui et al. 2019)
+    focal_gamma: float = 0.0  # 0: off; > 0: focal loss (Lin et al. 2017), the class weights as alpha
 
 
 @dataclass
@@ -281,6 +285,7 @@ ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "trainer.precision": ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64", "auto"),
     "scheduler.decay": ("linear", "cosine", "constant"),  # encoderlab's warmup_schedule
     "logger.backend": ("mlflow", "none"),
+    "dataset.sampler": ("shuffle", "balanced"),
     "callbacks.checkpoint.mode": ("min", "max"),
     "callbacks.early_stopping.mode": ("min", "max"),
 }

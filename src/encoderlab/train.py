@@ -34,6 +34,7 @@ from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
 from encoderlab.models.files import check_model_source, check_vocabulary
 from encoderlab.models.hf_encoder import HFEncoderClassifier
+from encoderlab.models.losses import build_loss
 from encoderlab.models.scratch import ScratchEncoder
 from encoderlab.models.trained import write_metadata
 from encoderlab.tokenization import build_tokenizer
@@ -201,12 +202,20 @@ def setup_model(cfg: DictConfig, dm: TextClassificationDataModule, tokenizer, ru
             raise ex.__cause__ from None
         raise
     check_vocabulary(net, tokenizer)
+    train_rows = len(dm.prepared.splits["train"])
+    loss = build_loss(cfg.loss, dm.task, dm.label_counts, train_rows)
+    described = {**loss.describe(dm.label_names), "train_label_counts": dm.label_counts.tolist()}
+    run.log_text(json.dumps({**described, "train_rows": train_rows}, indent=2), "loss/loss.json")
+    if described["class_weights"] is not None:
+        log.info("Class weights (%s): %s", described["weights_as"], described["class_weights"])
     module = SequenceClassifier(
         net,
         dm.label_names,
         optimizer=instantiate(cfg.optimizer, _convert_="all"),
         scheduler=instantiate(cfg.scheduler, _convert_="all"),
         label_smoothing=cfg.loss.label_smoothing,
+        loss=loss,
+        task=dm.task,
     )
     if cfg.compile:  # the wrapper shares net's weights: export and analysis use net itself
         module.model = torch.compile(net)

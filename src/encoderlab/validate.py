@@ -164,6 +164,7 @@ def _check_dataset(ds: DictConfig) -> None:
         if size is not None and not (0 < size < 1 or (size >= 1 and float(size).is_integer())):
             _fail(f"dataset.{key}", size, "a fraction strictly between 0 and 1, or a whole row count >= 1")
     _check_encoding(ds)
+    _check_sampler(ds)
     if ds.max_length < 2:
         _fail("dataset.max_length", ds.max_length, "an integer >= 2")
     if ds.batch_size < 1 or ds.eval_batch_size < 1:
@@ -239,6 +240,42 @@ def _check_cv(ds: DictConfig) -> None:
     )
     if ds.test_split is None and ds.test_size is None and not local_test:
         raise ConfigError(cv_without_test(ds))
+
+
+WEIGHT_KINDS = ("auto", "effective")
+
+
+def check_class_weights(spec: object) -> None:
+    """loss.class_weights: null, auto, effective or a list of positive numbers (its length is checked
+    against the labels once the data is loaded, by models.losses)."""
+    if spec is None or (isinstance(spec, str) and spec in WEIGHT_KINDS):
+        return
+    values = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else None
+    numbers = values is not None and all(_is_number(v) for v in values)
+    if not values or not numbers or not all(0 < float(v) < float("inf") for v in values):
+        raise ConfigError(
+            f"Config error: bad value for 'loss.class_weights': {spec!r}. Allowed: null (no weights), auto "
+            "(inverse class frequency), effective (effective number of samples, loss.effective_beta), or a "
+            "list of positive numbers, one per label in label order, e.g. loss.class_weights=[1.0,4.0]."
+        )
+
+
+def _check_loss(loss: DictConfig) -> None:
+    weights = loss.class_weights
+    check_class_weights(OmegaConf.to_object(weights) if isinstance(weights, ListConfig) else weights)
+    if not (_is_number(loss.focal_gamma) and loss.focal_gamma >= 0):
+        _fail("loss.focal_gamma", loss.focal_gamma, "0 (off) or a number > 0 (focal loss; 2 is usual)")
+    if not 0 <= loss.effective_beta < 1:
+        _fail("loss.effective_beta", loss.effective_beta, "a float in [0, 1), e.g. 0.99, 0.999, 0.9999")
+
+
+def _check_sampler(ds: DictConfig) -> None:
+    if ds.get("sampler") == "balanced" and ds.group_by_length:
+        raise ConfigError(
+            "Config error: dataset.sampler=balanced draws the rows of each epoch by class and "
+            "dataset.group_by_length=true orders them by length; pick one (dataset.group_by_length=false "
+            "with the balanced sampler)."
+        )
 
 
 def _check_encoding(ds: DictConfig) -> None:
@@ -347,6 +384,7 @@ def _check_training(cfg: DictConfig) -> None:
         _fail("dataset.word_dropout", cfg.dataset.word_dropout, "a float in [0, 1)")
     if not 0 <= cfg.loss.label_smoothing < 1:
         _fail("loss.label_smoothing", cfg.loss.label_smoothing, "a float in [0, 1)")
+    _check_loss(cfg.loss)
     family = _model_schema(cfg)
     if family is ScratchModelConfig:  # the same checks as ScratchConfig, before heavy imports
         m = cfg.model

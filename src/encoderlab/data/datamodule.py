@@ -19,7 +19,13 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from encoderlab.data.loading import load_raw_splits
-from encoderlab.data.sampler import EpochShuffleSampler, LengthGroupedBatchSampler, eval_batches
+from encoderlab.data.sampler import (
+    BalancedSampler,
+    EpochShuffleSampler,
+    LengthGroupedBatchSampler,
+    balance_groups,
+    eval_batches,
+)
 from encoderlab.data.splits import PreparedSplits, prepare_splits
 from encoderlab.data.word_dropout import WordDropoutCollator
 
@@ -87,6 +93,20 @@ class TextClassificationDataModule(L.LightningDataModule):
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def task(self) -> str:
+        """single_label, or multilabel (dataset.task)."""
+        return str(self.cfg.get("task", "single_label") or "single_label")
+
+    @property
+    def label_counts(self) -> torch.Tensor:
+        """(C,) train rows per label, after subsampling (multi-label: rows with the label on)."""
+        assert self.prepared is not None, "call prepare() first"
+        labels = np.asarray(self.prepared.splits["train"]["labels"])
+        if labels.ndim == 2:
+            return torch.as_tensor(labels.sum(axis=0), dtype=torch.long)
+        return torch.as_tensor(np.bincount(labels.astype(np.int64), minlength=self.num_labels))
 
     def prepare(self) -> PreparedSplits:
         """Load and build the splits (no tokenization)."""
@@ -203,7 +223,8 @@ class TextClassificationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled from (seed, epoch) (resumable, independent of the global RNG); length-grouped when
-        dataset.group_by_length. dataset.batch_size is per process."""
+        dataset.group_by_length; class-balanced draws when dataset.sampler=balanced. dataset.batch_size is
+        per process."""
         ds = self.tokenized["train"]
         batch_size, (replicas, rank) = self.cfg.batch_size, self._replicas()
         if self.cfg.group_by_length:
@@ -211,6 +232,9 @@ class TextClassificationDataModule(L.LightningDataModule):
             sampler = LengthGroupedBatchSampler(
                 lengths, batch_size, self.seed, num_replicas=replicas, rank=rank
             )
+        elif self.cfg.get("sampler", "shuffle") == "balanced":
+            groups = balance_groups(np.asarray(ds["labels"]))
+            sampler = BalancedSampler(groups, batch_size, self.seed, replicas, rank)
         else:
             sampler = EpochShuffleSampler(len(ds), batch_size, self.seed, replicas, rank)
         return DataLoader(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -79,6 +80,36 @@ class EpochShuffleSampler(_EpochBatches):
 
     def global_batches(self, g: torch.Generator) -> list[list[int]]:
         order = torch.randperm(self.n, generator=g).tolist()
+        size = self.global_batch_size
+        return [order[i : i + size] for i in range(0, self.n, size)]
+
+
+def balance_groups(labels: np.ndarray) -> np.ndarray:
+    """The class each row is balanced by: its label (single-label, (N,) ids), or its rarest positive label
+    (multi-label, (N, C) 0/1), -1 for a row with no label on (a group of its own)."""
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        return labels.astype(np.int64)
+    on = labels > 0
+    counts = on.sum(axis=0)
+    rarity = np.where(on, counts[None, :], np.iinfo(np.int64).max)  # the rarest label has the least rows
+    return np.where(on.any(axis=1), rarity.argmin(axis=1), -1).astype(np.int64)
+
+
+class BalancedSampler(_EpochBatches):
+    """Each epoch draws n rows with replacement, a row with probability inverse to its class's rows (see
+    balance_groups), so every class is drawn about equally often; the same epoch length as a shuffle."""
+
+    def __init__(
+        self, groups: Sequence[int], batch_size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(len(groups), batch_size, seed, num_replicas, rank)
+        groups_t = torch.as_tensor(np.asarray(groups), dtype=torch.long)
+        _, inverse, counts = torch.unique(groups_t, return_inverse=True, return_counts=True)
+        self.row_weights = 1.0 / counts[inverse].double()
+
+    def global_batches(self, g: torch.Generator) -> list[list[int]]:
+        order = torch.multinomial(self.row_weights, self.n, replacement=True, generator=g).tolist()
         size = self.global_batch_size
         return [order[i : i + size] for i in range(0, self.n, size)]
 

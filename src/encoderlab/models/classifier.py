@@ -8,18 +8,18 @@ from functools import partial
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
 from encoderlab.metrics import ClassificationMetrics
+from encoderlab.models.losses import ClassificationLoss
 
 OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]  # param groups -> optimizer
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]  # optimizer -> scheduler
 
 
 class SequenceClassifier(L.LightningModule):
-    """Cross-entropy training and torchmetrics logged as train/*, val/*, test/*. `optimizer` and
+    """Training with `loss` (default: cross-entropy) and torchmetrics logged as train/*, val/*, test/*. `optimizer` and
     `scheduler` are the partials that conf/optimizer and conf/scheduler instantiate to; the scheduler
     steps once per optimizer step. After test: `test_probs` (N, C) in test-set order and `test_confusion`.
 
@@ -34,14 +34,20 @@ class SequenceClassifier(L.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         label_smoothing: float = 0.0,
+        loss: nn.Module | None = None,
+        task: str = "single_label",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["model", "optimizer", "scheduler", "loss"], logger=False)
         self.model = model
         self.label_names = list(label_names)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
+        self.task = task
+        # the criterion (models/losses.py); None: plain cross-entropy with label_smoothing. It follows the
+        # module's train/eval mode: smoothing in training only, val/test report the unsmoothed loss.
+        self.loss_fn = loss if loss is not None else ClassificationLoss(task, label_smoothing=label_smoothing)
         n = len(self.label_names)
         # train/* epoch metrics accumulate over the epoch: their state goes into checkpoints, so an epoch
         # resumed from last.ckpt (encoderlab resume) reports all its batches, not those after the resume
@@ -62,10 +68,9 @@ class SequenceClassifier(L.LightningModule):
         return self.model(batch)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        smoothing = self.label_smoothing if self.training else 0.0  # val/test report the plain loss
         inputs = {k: v for k, v in batch.items() if k != "row_index"}
         logits = self(inputs).float()  # (B, C); float so bf16 autocast does not degrade the loss
-        loss = F.cross_entropy(logits, batch["labels"], label_smoothing=smoothing)
+        loss = self.loss_fn(logits, batch["labels"])
         return loss, logits.softmax(dim=-1).detach()
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
