@@ -88,6 +88,20 @@ class TextClassificationDataModule(L.LightningDataModule):
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    @property
+    def task(self) -> str:
+        """single_label or multilabel (dataset.task)."""
+        return str(self.cfg.get("task", "single_label"))
+
+    @property
+    def label_counts(self) -> torch.Tensor:
+        """(C,) train rows per class; multi-label: train rows where that label is on."""
+        assert self.prepared is not None, "call setup() first"
+        labels = np.asarray(self.prepared.splits["train"]["labels"])
+        if labels.ndim == 2:
+            return torch.as_tensor((labels > 0.5).sum(axis=0), dtype=torch.long)
+        return torch.as_tensor(np.bincount(labels.astype(np.int64), minlength=self.num_labels))
+
     def prepare(self) -> PreparedSplits:
         """Load and build the splits (no tokenization)."""
         if self.prepared is None:
@@ -162,7 +176,11 @@ class TextClassificationDataModule(L.LightningDataModule):
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def _label_counts(self, split: Dataset) -> dict[str, int]:
-        """Examples per label name in one split (the model card's label distribution)."""
+        """Examples per label name in one split (the model card's label distribution); multi-label: rows
+        where the label is on."""
+        labels = np.asarray(split["labels"])
+        if labels.ndim == 2:
+            return {name: int((labels[:, i] > 0.5).sum()) for i, name in enumerate(self.label_names)}
         counts = np.bincount(np.asarray(split["labels"], dtype=np.int64), minlength=len(self.label_names))
         return {name: int(counts[i]) for i, name in enumerate(self.label_names)}
 
