@@ -175,7 +175,7 @@ def plot_co_occurrence(
             for i in range(n):
                 for j in range(n):
                     ax.text(j, i, str(int(cm[i][j])), ha="center", va="center", fontsize=8)
-    fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label="rows with both (log scale)")
+    fig.colorbar(im, ax=axes, fraction=0.03, pad=0.02, label="log(1 + rows with both)")
     fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
