@@ -359,6 +359,8 @@ def export(
         if backend is not None:  # saved as loaded, not with the padding/truncation the last call left on it
             backend.no_padding()
             backend.no_truncation()
+        if thresholds is not None and isinstance(net, HFEncoderClassifier):  # pipelines: sigmoid per label
+            net.hf_model.config.problem_type = "multi_label_classification"
         net.save_pretrained(model_dir, tokenizer)
         family = {ScratchEncoder: "scratch", HFEncoderClassifier: "hf"}.get(type(net), type(net).__qualname__)
         extra = {"run_id": run.run_id} if run.run_id else {}  # predict <run id> trusts only its own model
