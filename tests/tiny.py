@@ -184,6 +184,28 @@ def build_tiny_mirror(root: Path) -> Path:
                     {"completion": f"User: {texts[a]}\nAssistant: {texts[b]}", "topic": f"{topic} reviews"}
                 )
         write("everyday_conversations", split, _cut(pd.DataFrame(rows), n, seed=seed))
+
+    # go_emotions (multi-label): text, labels (sorted emotion ids 0-27), id; positive sentences get
+    # admiration/joy/love, negative ones anger/annoyance/sadness, some rows neutral (27) alone
+    for split, pool, n, seed in (
+        ("train", train_pool, 300, 11),
+        ("validation", test_pool, 60, 12),
+        ("test", test_pool, 60, 13),
+    ):
+        rng = np.random.default_rng(seed)
+        frame = _cut(pool, n, seed=seed)
+        emotions = {1: [0, 17, 18], 0: [2, 3, 25]}
+        labels = [
+            [27]
+            if rng.random() < 0.2
+            else sorted(rng.choice(emotions[int(y)], size=int(rng.integers(1, 3)), replace=False).tolist())
+            for y in frame["label"]
+        ]
+        write(
+            "go_emotions",
+            split,
+            pd.DataFrame({"text": frame["text"], "labels": labels, "id": [f"{split}{i}" for i in range(n)]}),
+        )
     return root
 
 

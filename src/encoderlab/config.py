@@ -95,7 +95,10 @@ class DatasetConfig:
     text_field: Any = "text"  # a column, or a list of columns joined with text_join
     text_join: str = ". "
     text_pair_field: str | None = None
-    label_field: str = "label"
+    # single_label: one class per row; multilabel: a set per row (sigmoid head, docs/multilabel.md)
+    task: str = "single_label"
+    # a column; multilabel: a list column (ids or names per row) or a list of 0/1 columns (one per label)
+    label_field: Any = "label"
     encoding: str = "utf-8"  # of csv/jsonl files (e.g. latin-1, cp1252)
     drop_empty: bool = False  # drop rows whose text is empty/missing (logged) instead of failing
     label_names: list[str] | None = None  # None: from the ClassLabel feature or sorted train labels
@@ -202,6 +205,8 @@ class AnalysisConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     attributions: AttributionsConfig = field(default_factory=AttributionsConfig)
     mc_dropout: MCDropoutConfig = field(default_factory=MCDropoutConfig)
+    # multilabel decision thresholds: tune (per label, maximising its F1 on validation) or one probability
+    thresholds: Any = 0.5
 
 
 @dataclass
@@ -276,6 +281,7 @@ SCHEMAS: dict[str, type] = {
 
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "split": ("test", "validation", "train"),  # encoderlab evaluate
+    "dataset.task": ("single_label", "multilabel"),
     "tokenizer.kind": ("auto", "pretrained", "wordpiece", "bpe", "wordlevel"),
     # model.*: the scratch encoder's (other model families check their own values)
     "model.positions": ("sinusoidal", "learned"),

@@ -70,6 +70,13 @@ def evaluate(cfg: DictConfig) -> float:
                 "encoderlab.split": cfg.split,
             }
         )
+        if loaded.multilabel or cfg.dataset.get("task", "single_label") == "multilabel":
+            raise EncoderlabError(
+                "encoderlab evaluate reports single-label models on single-label data; this "
+                f"{'model' if loaded.multilabel else 'dataset'} is multi-label (dataset.task=multilabel). "
+                "Its test report comes with the training run (report/report.html); for new texts use "
+                "encoderlab predict, which prints label sets."
+            )
         # ---- data ------------------------------------------------------------------------------------
         prepared = TextClassificationDataModule(cfg.dataset, seed=cfg.seed).prepare()
         split = prepared.splits[cfg.split]

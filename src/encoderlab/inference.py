@@ -70,10 +70,12 @@ def predict_proba(
     seed: int = 0,
     precision: str = "32",
     desc: str = "Predicting",
+    multilabel: bool = False,
 ) -> Predictions:
     """Class probabilities for `texts` (in input order). mc_dropout=N>0 averages N stochastic passes;
     precision "bf16" runs the forward pass under bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs).
-    progress: a tqdm bar over the batches (None: only on a terminal), labelled `desc`."""
+    progress: a tqdm bar over the batches (None: only on a terminal), labelled `desc`. multilabel: each
+    label's sigmoid probability instead of the softmax over classes."""
     import time
 
     from tqdm.auto import tqdm
@@ -106,7 +108,9 @@ def predict_proba(
                 for _ in range(passes):
                     if mc_dropout > 0:  # reproducible stochastic passes
                         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
-                    probs.append(net(batch).float().softmax(dim=-1).cpu().numpy())
+                    logits = net(batch).float()
+                    p = logits.sigmoid() if multilabel else logits.softmax(dim=-1)
+                    probs.append(p.cpu().numpy())
                 results.append(np.stack(probs))  # (passes, b, C)
         if results:
             out = np.concatenate(results, axis=1)[:, np.argsort(order, kind="stable")]  # back to input order
@@ -134,6 +138,27 @@ def prediction_rows(
             "label": label if threshold is None or conf[i] >= threshold else ABSTAIN,
             "top_label": label,
             "confidence": float(conf[i]),
+        }
+        row.update({f"prob_{n}": float(out.probs[i, j]) for j, n in enumerate(label_names)})
+        if out.std is not None:
+            row.update({f"std_{n}": float(out.std[i, j]) for j, n in enumerate(label_names)})
+        rows.append(row)
+    return rows
+
+
+def label_set_rows(
+    out: Predictions, label_names: list[str], thresholds: list[float]
+) -> list[dict[str, str | float]]:
+    """Multi-label: one row per text with `labels` (the predicted set, 'joy;love', '' for none: each label
+    whose probability is above its threshold), n_labels and prob_<label> (and std_<label> with MC dropout)."""
+    from encoderlab.data.multilabel import SEPARATOR
+
+    chosen = out.probs > np.asarray(thresholds, dtype=np.float64)[None, :]
+    rows: list[dict[str, str | float]] = []
+    for i in range(len(out.probs)):
+        row: dict[str, str | float] = {
+            "labels": SEPARATOR.join(label_names[j] for j in np.flatnonzero(chosen[i])),
+            "n_labels": int(chosen[i].sum()),
         }
         row.update({f"prob_{n}": float(out.probs[i, j]) for j, n in enumerate(label_names)})
         if out.std is not None:

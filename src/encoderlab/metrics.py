@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import torch
 import torchmetrics.classification as tmc
 from torch import nn
@@ -84,3 +87,128 @@ class ClassificationMetrics(nn.Module):
         self._probs, self._targets = [], []
         for m in [*self.multiclass.values(), *self.positive.values(), self.confusion]:
             m.reset()
+
+
+def metric_name(label: str) -> str:
+    """A label as part of an MLflow metric key (letters, digits, _ - . only)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(label))
+
+
+THRESHOLDED = ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "subset_accuracy", "hamming_loss")
+
+
+class MultilabelMetrics(nn.Module):
+    """torchmetrics' multilabel family at one decision threshold (a label is predicted when its
+    probability is above it): micro/macro F1, precision and recall, subset accuracy (exact match),
+    Hamming loss, label-ranking average precision, macro AUROC, and f1_<label> per label.
+    update(probs (N, C), targets (N, C) 0/1), then compute() -> {name: value}; the same interface as
+    ClassificationMetrics so SequenceClassifier can hold either."""
+
+    def __init__(self, label_names: list[str], threshold: float = 0.5) -> None:
+        super().__init__()
+        self.label_names = list(label_names)
+        ml = {"num_labels": len(label_names), "threshold": threshold}
+        self.thresholded = nn.ModuleDict(
+            {
+                "f1_micro": tmc.MultilabelF1Score(average="micro", **ml),
+                "f1_macro": tmc.MultilabelF1Score(average="macro", **ml),
+                "precision_micro": tmc.MultilabelPrecision(average="micro", **ml),
+                "recall_micro": tmc.MultilabelRecall(average="micro", **ml),
+                "precision_macro": tmc.MultilabelPrecision(average="macro", **ml),
+                "recall_macro": tmc.MultilabelRecall(average="macro", **ml),
+                "subset_accuracy": tmc.MultilabelExactMatch(**ml),
+                "hamming_loss": tmc.MultilabelHammingDistance(average="micro", **ml),
+                "f1_per_label": tmc.MultilabelF1Score(average=None, **ml),
+            }
+        )
+        n = {"num_labels": len(label_names)}
+        self.ranking = nn.ModuleDict(
+            {
+                "lrap": tmc.MultilabelRankingAveragePrecision(**n),
+                "auroc": tmc.MultilabelAUROC(average="macro", **n),
+            }
+        )
+        self._probs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def _metrics(self) -> list[nn.Module]:
+        return [*self.thresholded.values(), *self.ranking.values()]
+
+    def persistent(self, mode: bool = True) -> None:
+        self._persistent = mode
+        for m in self._metrics():
+            m.persistent(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        if getattr(self, "_persistent", False):
+            self._flush()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self._probs.append(probs.detach())
+        self._targets.append(targets.detach())
+
+    def _flush(self) -> None:
+        if not self._probs:
+            return
+        probs, targets = torch.cat(self._probs).float(), torch.cat(self._targets).round().long()
+        self._probs, self._targets = [], []
+        for metric in self._metrics():
+            metric.update(probs, targets)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        self._flush()
+        out = {name: m.compute() for name, m in self.thresholded.items() if name != "f1_per_label"}
+        per_label = self.thresholded["f1_per_label"].compute()
+        out.update({f"f1_{metric_name(n)}": per_label[i] for i, n in enumerate(self.label_names)})
+        out.update({name: m.compute() for name, m in self.ranking.items()})
+        return out
+
+    def confusion_matrix(self) -> None:
+        """No C x C confusion matrix for multi-label predictions (the report draws co-occurrence)."""
+        self._flush()
+        return None
+
+    def reset(self) -> None:
+        self._probs, self._targets = [], []
+        for m in self._metrics():
+            m.reset()
+
+
+def multilabel_at_thresholds(
+    probs: torch.Tensor, targets: torch.Tensor, thresholds: list[float], label_names: list[str]
+) -> dict[str, float]:
+    """The thresholded multilabel metrics (THRESHOLDED and f1_<label>) with one decision threshold per
+    label: a label is predicted when its probability is above its threshold."""
+    preds = (probs.float() > torch.as_tensor(thresholds, dtype=torch.float32)).long()
+    metrics = MultilabelMetrics(label_names)
+    for metric in metrics.thresholded.values():  # int predictions are taken as they are
+        metric.update(preds, targets.round().long())
+    out = {name: float(metrics.thresholded[name].compute()) for name in THRESHOLDED}
+    per_label = metrics.thresholded["f1_per_label"].compute()
+    out.update({f"f1_{metric_name(n)}": float(per_label[i]) for i, n in enumerate(label_names)})
+    return out
+
+
+THRESHOLD_GRID = tuple(round(0.05 + 0.01 * i, 2) for i in range(91))  # 0.05 .. 0.95
+
+
+def tune_thresholds(
+    probs: np.ndarray, targets: np.ndarray, grid: tuple[float, ...] = THRESHOLD_GRID
+) -> list[float]:
+    """Per label, the threshold of `grid` that maximises that label's F1 on (validation) predictions; ties go
+    to the one nearest 0.5, and a label with no positive row keeps 0.5."""
+    probs, targets = np.asarray(probs, dtype=np.float64), np.asarray(targets) > 0.5
+    grid_arr = np.asarray(grid)
+    out = []
+    for j in range(probs.shape[1]):
+        positives = targets[:, j]
+        if not positives.any():
+            out.append(0.5)
+            continue
+        pred = probs[:, j][:, None] > grid_arr[None, :]  # (N, G)
+        tp = (pred & positives[:, None]).sum(0)
+        f1 = 2 * tp / (pred.sum(0) + positives.sum())
+        best = np.flatnonzero(np.isclose(f1, f1.max()))
+        out.append(float(grid_arr[best[np.argmin(np.abs(grid_arr[best] - 0.5))]]))
+    return out

@@ -43,13 +43,16 @@ def requirements() -> list[str]:
     return pins
 
 
-def signature(label_names: list[str], pairs: bool):
-    """Input: text (+ text_pair); output: encoderlab predict's columns; params with their defaults."""
+def signature(label_names: list[str], pairs: bool, multilabel: bool = False):
+    """Input: text (+ text_pair); output: encoderlab predict's columns; params with their defaults.
+    Multi-label: labels (the predicted set, 'joy;love'), n_labels and prob_<label>."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = [ColSpec("string", "text")] + ([ColSpec("string", "text_pair")] if pairs else [])
     outputs = [ColSpec("string", "label"), ColSpec("string", "top_label"), ColSpec("double", "confidence")]
+    if multilabel:
+        outputs = [ColSpec("string", "labels"), ColSpec("long", "n_labels")]
     outputs += [ColSpec("double", f"prob_{name}") for name in label_names]
     params = ParamSchema(
         [
@@ -69,6 +72,7 @@ def save(
     label_names: list[str],
     pairs: bool = False,
     example: list[str] | None = None,
+    multilabel: bool = False,
     hf_parts: tuple[Any, Any] | None = None,
 ) -> Path:
     """Build the MLflow model of the save_pretrained directory `model_dir` at `path` (replaced).
@@ -86,7 +90,7 @@ def save(
         str(path),
         loader_module=__name__,
         data_path=str(model_dir),
-        signature=signature(label_names, pairs),
+        signature=signature(label_names, pairs, multilabel),
         input_example=pd.DataFrame(example_frame),
         pip_requirements=requirements(),
     )
@@ -166,7 +170,7 @@ class EncoderlabPyfunc:
         import pandas as pd
         import torch
 
-        from encoderlab.inference import predict_proba, prediction_rows, resolve_precision
+        from encoderlab.inference import label_set_rows, predict_proba, prediction_rows, resolve_precision
 
         texts, pairs = _texts(model_input)
         params = params or {}
@@ -192,7 +196,13 @@ class EncoderlabPyfunc:
             mc_dropout=mc_dropout,
             device=device,
             precision=precision,
+            multilabel=self.loaded.multilabel,
         )
+        if self.loaded.multilabel:  # each label's own threshold (encoderlab.json); `threshold` overrides
+            thresholds = (
+                [threshold] * len(self.loaded.label_names) if threshold > 0 else self.loaded.thresholds
+            )
+            return pd.DataFrame(label_set_rows(out, self.loaded.label_names, thresholds))
         rows = prediction_rows(out, self.loaded.label_names, threshold if threshold > 0 else None)
         return pd.DataFrame(rows)
 

@@ -111,10 +111,18 @@ def make_trainer(cfg: DictConfig, run_dir: Path, logger, callbacks: list[L.Callb
 TEST_PREDICTIONS = Path("predictions") / "test_predictions.csv"  # in a run directory
 
 
-def test_predictions(dm: TextClassificationDataModule, probs: torch.Tensor) -> pd.DataFrame:
-    """One row per test example: text, true label, prediction, confidence and every class probability."""
+def test_predictions(
+    dm: TextClassificationDataModule, probs: torch.Tensor, thresholds: list[float] | None = None
+) -> pd.DataFrame:
+    """One row per test example: text, true label, prediction, confidence and every class probability
+    (multi-label, with `thresholds`: the true and the predicted label sets)."""
     test = dm.prepared.splits["test"]
     pairs = test["text_pair"] if "text_pair" in test.column_names else None
+    if thresholds is not None:
+        from encoderlab.analysis.multilabel import multilabel_frame
+
+        targets = np.asarray(test["labels"])
+        return multilabel_frame(test["text"], targets, probs.numpy(), dm.label_names, thresholds, pairs)
     return predictions_frame(test["text"], np.asarray(test["labels"]), probs.numpy(), dm.label_names, pairs)
 
 
@@ -285,17 +293,27 @@ def test(
 
 
 def report(
-    cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, module, summary: dict
+    cfg: DictConfig,
+    run: TrackedRun,
+    run_dir: Path,
+    net,
+    tokenizer,
+    dm,
+    module,
+    summary: dict,
+    thresholds: list[float] | None = None,
 ) -> None:
-    """Test predictions (csv) and the analysis report; with limited test batches, the confusion matrix."""
+    """Test predictions (csv) and the analysis report; with limited test batches, the confusion matrix.
+    `thresholds`: a multi-label model's decision thresholds."""
     probs = module.test_probs
     if probs is not None and len(probs) == summary["sizes"]["test"] and not probs.isnan().any():
-        preds = test_predictions(dm, module.test_probs)
+        preds = test_predictions(dm, module.test_probs, thresholds)
         if cfg.logger.log_predictions:
             (run_dir / TEST_PREDICTIONS).parent.mkdir(parents=True, exist_ok=True)
             preds.to_csv(run_dir / TEST_PREDICTIONS, index=False)
             run.log_artifact(run_dir / TEST_PREDICTIONS, "predictions")
-        log.info("Test predictions: %d rows, accuracy %.4f", len(preds), preds["correct"].mean())
+        what = "exact-match accuracy" if thresholds is not None else "accuracy"
+        log.info("Test predictions: %d rows, %s %.4f", len(preds), what, preds["correct"].mean())
         meta = {
             "run": run.run_id or run_dir.name,
             "experiment": cfg.experiment_name,
@@ -316,6 +334,7 @@ def report(
             split_name=summary["test_source"],
             meta=meta,
             progress=cfg.trainer.get("enable_progress_bar", True),
+            thresholds=thresholds,
         )
     elif module.test_confusion is not None:  # limited test batches: the confusion matrix only
         png = plot_confusion_matrix(
@@ -327,9 +346,19 @@ def report(
         run.log_artifact(png, "plots")
 
 
-def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, best: str | None) -> None:
+def export(
+    cfg: DictConfig,
+    run: TrackedRun,
+    run_dir: Path,
+    net,
+    tokenizer,
+    dm,
+    best: str | None,
+    thresholds: list[float] | None = None,
+) -> None:
     """The trained model as a save_pretrained directory (+ encoderlab's metadata) and as an MLflow model
-    (the run's `model` artifact, registered with logger.register_model), and the checkpoint."""
+    (the run's `model` artifact, registered with logger.register_model), and the checkpoint. A multi-label
+    model's encoderlab.json holds task=multilabel and its decision thresholds, which predict and pyfunc use."""
     if cfg.logger.log_model and hasattr(net, "save_pretrained") and not cfg.trainer.get("fast_dev_run"):
         model_dir = run_dir / "model"
         if model_dir.exists():
@@ -338,9 +367,13 @@ def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, 
         if backend is not None:  # saved as loaded, not with the padding/truncation the last call left on it
             backend.no_padding()
             backend.no_truncation()
+        if thresholds is not None and isinstance(net, HFEncoderClassifier):  # pipelines: sigmoid per label
+            net.hf_model.config.problem_type = "multi_label_classification"
         net.save_pretrained(model_dir, tokenizer)
         family = {ScratchEncoder: "scratch", HFEncoderClassifier: "hf"}.get(type(net), type(net).__qualname__)
         extra = {"run_id": run.run_id} if run.run_id else {}  # predict <run id> trusts only its own model
+        if thresholds is not None:
+            extra.update(task="multilabel", thresholds=dict(zip(dm.label_names, thresholds, strict=True)))
         pairs = bool(cfg.dataset.get("text_pair_field"))
         write_metadata(
             model_dir,
@@ -360,6 +393,7 @@ def export(cfg: DictConfig, run: TrackedRun, run_dir: Path, net, tokenizer, dm, 
             label_names=dm.label_names,
             pairs=pairs,
             example=example,
+            multilabel=thresholds is not None,
             hf_parts=(net.hf_model, tokenizer) if isinstance(net, HFEncoderClassifier) else None,
         )
         run.log_artifact(mlflow_dir, mlflow_model.ARTIFACT)
@@ -416,12 +450,19 @@ def train(
             test_metrics, best, best_score = test(trainer, module, dm, checkpoint, run, summary)
             if follower is not None:
                 return best_score
+            thresholds = None
+            if dm.task == "multilabel":
+                from encoderlab.thresholds import decision_thresholds
+
+                thresholds = decision_thresholds(
+                    cfg, run, net, tokenizer, dm, module.test_probs, test_metrics
+                )
             (run_dir / "metrics.json").write_text(
                 json.dumps({"test": test_metrics, "best": best_score}, indent=2)
             )
             run.log_artifact(run_dir / "metrics.json", "metrics")
-            report(cfg, run, run_dir, net, tokenizer, dm, module, summary)
-            export(cfg, run, run_dir, net, tokenizer, dm, best)
+            report(cfg, run, run_dir, net, tokenizer, dm, module, summary, thresholds)
+            export(cfg, run, run_dir, net, tokenizer, dm, best, thresholds)
             log.info("Test: %s", ", ".join(f"{k}={v:.4f}" for k, v in sorted(test_metrics.items())))
             log.info("Run directory: %s", run_dir)
     finally:

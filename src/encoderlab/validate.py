@@ -143,12 +143,39 @@ def validate_config(cfg: DictConfig) -> None:
     _check_allowed_values(cfg)
     _check_logger(cfg.logger)
     _check_dataset(cfg.dataset)
+    _check_thresholds(cfg.analysis)
     _check_probes(cfg)
     _check_training(cfg)
     _check_extras(cfg)
 
 
+def _check_thresholds(analysis: DictConfig) -> None:
+    value = analysis.get("thresholds", 0.5)
+    if value == "tune":
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        _fail("analysis.thresholds", value, "tune (per label, on validation) or a probability in (0, 1)")
+
+
+def _check_label_field(ds: DictConfig) -> None:
+    field = ds.label_field
+    if isinstance(field, ListConfig):
+        if ds.get("task", "single_label") != "multilabel":
+            _fail(
+                "dataset.label_field",
+                OmegaConf.to_object(field),
+                "one column name (a list of 0/1 columns needs dataset.task=multilabel)",
+            )
+        if len(field) < 2 or not all(isinstance(f, str) for f in field) or len(set(field)) != len(field):
+            _fail(
+                "dataset.label_field", OmegaConf.to_object(field), "a list of at least 2 distinct 0/1 columns"
+            )
+    elif not isinstance(field, str):
+        _fail("dataset.label_field", field, "a column name, or (multilabel) a list of 0/1 columns")
+
+
 def _check_dataset(ds: DictConfig) -> None:
+    _check_label_field(ds)
     fields = ds.text_field
     if isinstance(fields, ListConfig):
         if not fields or not all(isinstance(f, str) for f in fields):

@@ -149,17 +149,36 @@ def analyze(
     split_name: str = "test",
     meta: dict[str, str] | None = None,
     progress: bool | None = None,
+    thresholds: list[float] | None = None,
 ) -> dict[str, float]:
     """Write and log everything `analysis` and `probes` ask for; returns the metrics logged to MLflow,
     with each stage's wall time as analysis/<stage>_seconds. progress: tqdm bars for the stages (False:
-    none, as with trainer.enable_progress_bar=false; None: only on a terminal)."""
+    none, as with trainer.enable_progress_bar=false; None: only on a terminal). `thresholds` (one per
+    label) marks a multi-label model: its report (encoderlab.analysis.multilabel) replaces the
+    single-label one, and MC dropout and the probes, which read one class per text, are skipped."""
     started = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     logged: dict[str, float] = {}
     timings: dict[str, float] = {}
     figures, tables, per_class, errors = {}, {}, pd.DataFrame(), pd.DataFrame()
     headline: dict[str, float] = {}
-    if analysis.report.enabled:
+    per_class_title = "Per-class report"
+    if thresholds is not None and analysis.report.enabled:
+        from encoderlab.analysis.multilabel import HEADLINE, multilabel_errors, write_multilabel_report
+
+        with timed("report", timings):
+            files = write_multilabel_report(
+                frame, label_names, thresholds, out_dir, split_name, analysis.report.top_errors
+            )
+            headline = {k: files.metrics[k] for k in HEADLINE if k in files.metrics}
+            logged.update({f"report/{k}": v for k, v in headline.items()})
+            figures, tables = files.figures, files.tables
+            per_class = pd.read_csv(tables["per_label"])
+            per_class_title = "Per-label report (at the decision thresholds)"
+            errors = multilabel_errors(frame, analysis.report.top_errors)
+            if run is not None:
+                run.log_table(errors, "report/top_errors.json")
+    elif analysis.report.enabled:
         with timed("report", timings):
             files = write_report(
                 frame,
@@ -180,7 +199,19 @@ def analyze(
                 run.log_table(errors, "report/top_errors.json")
 
     # ---- Monte-Carlo dropout -----------------------------------------------------------------------
-    if analysis.mc_dropout.passes > 0 and len(frame):
+    single_label_only = [
+        what
+        for what, on in (
+            ("MC dropout", analysis.mc_dropout.passes > 0),
+            ("probes", probes.enabled and probes.suites),
+        )
+        if on
+    ]
+    if thresholds is not None and single_label_only:
+        log.info(
+            "Multi-label model: %s skipped (they read one class per text)", " and ".join(single_label_only)
+        )
+    if analysis.mc_dropout.passes > 0 and len(frame) and thresholds is None:
         with timed("mc_dropout", timings):
             mc_metrics, mc_png = mc_dropout_report(
                 net,
@@ -199,7 +230,7 @@ def analyze(
 
     # ---- behavioural probes ----------------------------------------------------------------------
     probe_frame, rates, skipped = None, None, None
-    if probes.enabled and probes.suites:
+    if probes.enabled and probes.suites and thresholds is None:
         with timed("probes", timings):
             probe_frame, rates, skipped = probe_report(
                 net,
@@ -271,6 +302,7 @@ def analyze(
                 skipped,
                 attention_pngs,
                 ig_html,
+                per_class_title=per_class_title,
             )
     if run is not None:
         with timed("upload", timings):

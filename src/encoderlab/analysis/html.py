@@ -89,6 +89,7 @@ def render_report(
     probe_skipped: dict[str, str] | None = None,
     attention_figures: list[Path] | None = None,
     attributions_html: Path | None = None,
+    per_class_title: str = "Per-class report",
 ) -> Path:
     """Write the report page: headline metrics, per-class table, figures, errors, probes, attention, IG."""
     parts = [
@@ -108,7 +109,7 @@ def render_report(
         )
         + "</div>"
     )
-    parts.append("<h2>Per-class report</h2>" + _table(per_class))
+    parts.append(f"<h2>{html.escape(per_class_title)}</h2>" + _table(per_class))
     parts.append(
         "<h2>Figures</h2><div class='figs'>"
         + "".join(_img(p, name) for name, p in figures.items())

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         default=None,
-        help="abstain (label 'abstain') when the top probability is below this",
+        help="abstain (label 'abstain') when the top probability is below this; for a multi-label model: "
+        "one decision threshold for every label instead of the tuned ones saved with it",
     )
     p.add_argument(
         "--precision",
@@ -162,7 +163,7 @@ def main(argv: list[str]) -> int:
     import numpy as np
     import torch
 
-    from encoderlab.inference import predict_proba, prediction_rows, resolve_precision
+    from encoderlab.inference import label_set_rows, predict_proba, prediction_rows, resolve_precision
     from encoderlab.models.trained import load_model
 
     loaded = load_model(args.model, args.tracking_uri)
@@ -186,13 +187,17 @@ def main(argv: list[str]) -> int:
         precision=precision,
         device=device,
         progress=not args.no_progress and len(texts) > args.batch_size,
+        multilabel=loaded.multilabel,
     )
     names = loaded.label_names
-    rows = [
-        {"text": text, **row}
-        for text, row in zip(texts, prediction_rows(out, names, args.threshold), strict=True)
-    ]
-    labels = [row["label"] for row in rows]
+    if loaded.multilabel:
+        thresholds = [args.threshold] * len(names) if args.threshold is not None else loaded.thresholds
+        predicted = label_set_rows(out, names, thresholds)
+        labels = [lab for row in predicted for lab in str(row["labels"]).split(";") if lab] or ["(none)"]
+    else:
+        predicted = prediction_rows(out, names, args.threshold)
+        labels = [row["label"] for row in predicted]
+    rows = [{"text": text, **row} for text, row in zip(texts, predicted, strict=True)]
 
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -204,7 +209,9 @@ def main(argv: list[str]) -> int:
             with args.output.open("w", encoding="utf-8") as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    if args.output is None or len(rows) <= 20:
+    if (args.output is None or len(rows) <= 20) and loaded.multilabel:
+        _print_label_sets(rows, names, out.std is not None)
+    elif args.output is None or len(rows) <= 20:
         _print_rows(rows, names, out.std is not None)
     counts = {lab: labels.count(lab) for lab in dict.fromkeys(labels)}
     rate = len(texts) / max(out.seconds, 1e-9)
@@ -259,3 +266,17 @@ def _print_rows(rows: list[dict], names: list[str], with_std: bool) -> None:
         )
         text = row["text"] if len(row["text"]) <= 80 else row["text"][:77] + "..."
         print(f"{row['label']}\t{probs}\t{text}")
+
+
+def _print_label_sets(rows: list[dict], names: list[str], with_std: bool) -> None:
+    """Multi-label: the predicted set ('(none)' when empty), the probabilities of its labels (of the top
+    label when empty), the text."""
+    for row in rows:
+        chosen = [n for n in str(row["labels"]).split(";") if n] or [
+            max(names, key=lambda n: row[f"prob_{n}"])
+        ]
+        probs = "  ".join(
+            f"{n}={row[f'prob_{n}']:.4f}" + (f"±{row[f'std_{n}']:.4f}" if with_std else "") for n in chosen
+        )
+        text = row["text"] if len(row["text"]) <= 80 else row["text"][:77] + "..."
+        print(f"{row['labels'] or '(none)'}\t{probs}\t{text}")

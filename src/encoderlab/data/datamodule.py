@@ -182,7 +182,11 @@ class TextClassificationDataModule(L.LightningDataModule):
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def _label_counts(self, split: Dataset) -> dict[str, int]:
-        """Examples per label name in one split (the model card's label distribution)."""
+        """Examples per label name in one split (the model card's label distribution); multi-label: rows
+        where the label is on."""
+        labels = np.asarray(split["labels"])
+        if labels.ndim == 2:
+            return {name: int((labels[:, i] > 0.5).sum()) for i, name in enumerate(self.label_names)}
         counts = np.bincount(np.asarray(split["labels"], dtype=np.int64), minlength=len(self.label_names))
         return {name: int(counts[i]) for i, name in enumerate(self.label_names)}
 

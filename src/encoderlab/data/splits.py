@@ -15,6 +15,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, concatenate_datasets
 from omegaconf import DictConfig, ListConfig
 
+from encoderlab.data import multilabel as ml
 from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.validate import cv_without_test
 
@@ -70,7 +71,8 @@ def _convention(ds_cfg: DictConfig) -> str:
 
 def _check_columns(split: str, ds: Dataset, ds_cfg: DictConfig) -> None:
     wanted = {f"dataset.text_field={f!r}": f for f in _text_fields(ds_cfg)}
-    wanted[f"dataset.label_field={ds_cfg.label_field!r}"] = ds_cfg.label_field
+    for column in ml.label_columns(ds_cfg):
+        wanted[f"dataset.label_field={column!r}"] = column
     if ds_cfg.text_pair_field:
         wanted[f"dataset.text_pair_field={ds_cfg.text_pair_field!r}"] = ds_cfg.text_pair_field
     for setting, column in wanted.items():
@@ -82,6 +84,8 @@ def _check_columns(split: str, ds: Dataset, ds_cfg: DictConfig) -> None:
 
 
 def _label_names(train: Dataset, ds_cfg: DictConfig) -> list[str]:
+    if ml.is_multilabel(ds_cfg):
+        return ml.label_names(train, ds_cfg, _where(ds_cfg.train_split, ds_cfg))
     if ds_cfg.label_names is not None:
         names = [str(n) for n in ds_cfg.label_names]
         if len(set(names)) != len(names) or len(names) < 2:
@@ -181,7 +185,11 @@ def _normalise(
     pair = ds_cfg.text_pair_field
     notes = [] if notes is None else notes
     ds, source_rows = _empty_texts(split, ds, ds_cfg, [*fields, *([pair] if pair else [])], notes)
-    ids = _label_ids(split, ds, ds_cfg, names, source_rows)
+    if ml.is_multilabel(ds_cfg):
+        number = (lambda i: source_rows[i] + 1) if source_rows is not None else (lambda i: i + 1)
+        ids = ml.label_matrix(ds, ds_cfg, names, _where(split, ds_cfg), number, _convention(ds_cfg))
+    else:
+        ids = _label_ids(split, ds, ds_cfg, names, source_rows)
     joiner = ds_cfg.text_join
 
     def build(batch: dict) -> dict:
@@ -225,8 +233,11 @@ def _per_class(ds: Dataset, n: int, seed: int, names: list[str], notes: list[str
 
 
 def _stratified_carve(ds: Dataset, size: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Split off a stratified validation set: `size` < 1 is a fraction, >= 1 a row count."""
+    """Split off a stratified validation set: `size` < 1 is a fraction, >= 1 a row count. Multi-label
+    rows (a 0/1 vector each) are split at random."""
     labels = np.asarray(ds["labels"])
+    if labels.ndim == 2:
+        labels = np.zeros(len(labels), dtype=np.int64)
     n_total = len(labels)
     n_val = int(round(size * n_total)) if size < 1 else int(size)
     if not 0 < n_val < n_total:
@@ -264,13 +275,21 @@ def _kfold(
     train: Dataset, fold: int, folds: int, seed: int, names: list[str], ds_cfg: DictConfig
 ) -> tuple[Dataset, Dataset]:
     """(train, validation): fold `fold` of a stratified, shuffled K-fold (sklearn's StratifiedKFold,
-    seeded) held out as validation; the other K-1 folds train. Each class needs >= K rows, else some
+    seeded; multi-label: KFold) held out as validation; the other K-1 folds train. Each class needs >= K rows, else some
     fold's validation would miss it (sklearn only warns): an error naming the classes."""
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import KFold, StratifiedKFold
 
     if not 0 <= fold < folds:
         raise ConfigError(f"Config error: dataset.cv.fold={fold} is outside [0, {folds}) (dataset.cv.folds).")
-    labels = np.asarray(train["labels"], dtype=np.int64)
+    labels = np.asarray(train["labels"])
+    if labels.ndim == 2:  # multi-label: label sets do not stratify; a shuffled, seeded K-fold
+        splits = KFold(n_splits=folds, shuffle=True, random_state=seed).split(labels)
+        train_idx, val_idx = next(split for i, split in enumerate(splits) if i == fold)
+        return (
+            train.select(train_idx.tolist()).flatten_indices(),
+            train.select(val_idx.tolist()).flatten_indices(),
+        )
+    labels = labels.astype(np.int64)
     counts = np.bincount(labels, minlength=len(names))
     small = [f"'{names[c]}' ({n})" for c, n in enumerate(counts) if 0 < n < folds]
     if small:
@@ -341,7 +360,16 @@ def _carve_rows(key: str, size: float, pool: int, ds_cfg: DictConfig, left: int 
 
 
 def _check_train_classes(train: Dataset, names: list[str], ds_cfg: DictConfig) -> None:
-    """The final train split (after subsetting and carving) must hold at least 2 classes."""
+    """The final train split (after subsetting and carving) must hold at least 2 classes (multi-label: at
+    least one label on somewhere)."""
+    if ml.is_multilabel(ds_cfg):
+        if np.asarray(train["labels"]).any():
+            return
+        raise EncoderlabError(
+            f"The train split of dataset '{ds_cfg.name}' has no label on in any of its {len(train)} rows; "
+            f"a multi-label classifier needs positive examples (label names: {', '.join(names)}). Check "
+            "dataset.label_field."
+        )
     present = sorted(set(train["labels"]))
     if len(present) >= 2:
         return
@@ -362,6 +390,13 @@ def prepare_splits(raw: DatasetDict, ds_cfg: DictConfig) -> PreparedSplits:
             f"The '{ds_cfg.train_split}' split of dataset '{ds_cfg.name}' is empty: nothing to train on."
         )
     _check_columns(ds_cfg.train_split, train, ds_cfg)
+    if ml.is_multilabel(ds_cfg):
+        for key in ("samples_per_class", "min_class_count"):
+            if ds_cfg.get(key):
+                raise EncoderlabError(
+                    f"dataset.{key}={ds_cfg[key]} works on single-label classes; with dataset.task=multilabel "
+                    f"a row has several labels. Drop dataset.{key} (use max_train_samples / train_pool_size)."
+                )
     names = _label_names(train, ds_cfg)
     train = _normalise(ds_cfg.train_split, train, ds_cfg, names, notes)
     for extra in ds_cfg.extra_train_splits:

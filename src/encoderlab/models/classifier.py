@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics import CatMetric, MeanMetric
 
-from encoderlab.metrics import ClassificationMetrics
+from encoderlab.metrics import ClassificationMetrics, MultilabelMetrics
 from encoderlab.models.losses import ClassificationLoss
 
 OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]  # param groups -> optimizer
@@ -25,7 +25,10 @@ class SequenceClassifier(L.LightningModule):
 
     Metrics are exact over the whole split when several processes share it (DDP): torchmetrics gathers
     their states, the losses are means weighted by rows, and test probabilities are gathered with their
-    row indices (the `row_index` of a validation/test batch) and put back in the split's order."""
+    row indices (the `row_index` of a validation/test batch) and put back in the split's order.
+
+    task="multilabel": targets are (B, C) 0/1 floats, probabilities are sigmoids, the loss is `loss` or
+    BCEWithLogits, and the metrics are the multilabel family at threshold 0.5 (no confusion matrix)."""
 
     def __init__(
         self,
@@ -45,19 +48,25 @@ class SequenceClassifier(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_smoothing = label_smoothing
         self.task = task
+        self.multilabel = task == "multilabel"
         # the criterion (models/losses.py); None: plain cross-entropy with label_smoothing. It follows the
         # module's train/eval mode: smoothing in training only, val/test report the unsmoothed loss.
         self.loss_fn = loss if loss is not None else ClassificationLoss(task, label_smoothing=label_smoothing)
         n = len(self.label_names)
+        metrics = (
+            (lambda: MultilabelMetrics(self.label_names))
+            if self.multilabel
+            else (lambda: ClassificationMetrics(n))
+        )
         # train/* epoch metrics accumulate over the epoch: their state goes into checkpoints, so an epoch
         # resumed from last.ckpt (encoderlab resume) reports all its batches, not those after the resume
-        self.train_metrics = ClassificationMetrics(n)
+        self.train_metrics = metrics()
         self.train_metrics.persistent(True)
         self.train_loss = MeanMetric()
         self.train_loss.persistent(True)
-        self.val_metrics = ClassificationMetrics(n)
+        self.val_metrics = metrics()
         self.val_loss = MeanMetric()
-        self.test_metrics = ClassificationMetrics(n)
+        self.test_metrics = metrics()
         self.test_loss = MeanMetric()
         self.test_rows = CatMetric()
         self.test_row_probs = CatMetric()
@@ -70,6 +79,9 @@ class SequenceClassifier(L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = {k: v for k, v in batch.items() if k != "row_index"}
         logits = self(inputs).float()  # (B, C); float so bf16 autocast does not degrade the loss
+        if self.multilabel:
+            loss = self.loss_fn(logits, batch["labels"].float())
+            return loss, logits.sigmoid().detach()
         loss = self.loss_fn(logits, batch["labels"])
         return loss, logits.softmax(dim=-1).detach()
 
@@ -105,7 +117,8 @@ class SequenceClassifier(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         metrics = {f"val/{k}": v for k, v in self.val_metrics.compute().items()}
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
-        self.log("val/accuracy", metrics.pop("val/accuracy"), prog_bar=True)
+        headline = "val/f1_micro" if self.multilabel else "val/accuracy"
+        self.log(headline, metrics.pop(headline), prog_bar=True)
         self.log_dict(metrics)
         self.val_metrics.reset()
         self.val_loss.reset()
@@ -121,7 +134,8 @@ class SequenceClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict({f"test/{k}": v for k, v in self.test_metrics.compute().items()})
         self.log("test/loss", self.test_loss.compute())
-        self.test_confusion = self.test_metrics.confusion_matrix().cpu()
+        confusion = self.test_metrics.confusion_matrix()
+        self.test_confusion = None if confusion is None else confusion.cpu()
         self.test_probs = None
         if self.test_rows.update_count:  # every process's rows, in the split's order
             rows = self.test_rows.compute().long().cpu()

@@ -34,6 +34,16 @@ class LoadedModel:
     run_id: str | None = None
     metadata: dict = field(default_factory=dict)
 
+    @property
+    def multilabel(self) -> bool:
+        return self.metadata.get("task") == "multilabel"
+
+    @property
+    def thresholds(self) -> list[float]:
+        """Multi-label decision thresholds, one per label (encoderlab.json; 0.5 where none was saved)."""
+        saved = self.metadata.get("thresholds") or {}
+        return [float(saved.get(n, 0.5)) for n in self.label_names]
+
 
 def write_metadata(directory: Path, label_names: list[str], max_length: int, family: str, **extra) -> None:
     """encoderlab.json beside the weights: what inference needs that config.json does not say."""
