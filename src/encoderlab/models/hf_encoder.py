@@ -134,7 +134,7 @@ class HFEncoderClassifier(nn.Module):
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
         self.peft = peft
-        if peft == "lora":  # after the checkpointing switch, which the peft wrapper would not pass on
+        if peft == "lora":  # wraps the model as loaded, frozen layers and checkpointing set
             from encoderlab.models.lora import apply_lora, new_modules
 
             self.hf_model = apply_lora(self.hf_model, lora or {}, new_modules(loading_info))
