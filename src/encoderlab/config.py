@@ -23,6 +23,18 @@ from encoderlab.paths import (
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters (peft) for model.peft=lora: rank r, scale alpha / r, dropout on the adapter input."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    # null: peft's default for the architecture (the attention query/value projections); or a list of
+    # linear-layer names, e.g. [query, key, value, dense]; or all-linear
+    target_modules: Any = None
+
+
+@dataclass
 class HFModelConfig:
     """A pretrained Hugging Face encoder with a sequence-classification head."""
 
@@ -38,6 +50,8 @@ class HFModelConfig:
     # flash_attention_2 | null (the library's default)
     attn_implementation: str | None = "auto"
     trust_remote_code: bool = False
+    peft: str | None = None  # null: train every weight | lora: frozen encoder + LoRA adapters + full head
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
 
 @dataclass

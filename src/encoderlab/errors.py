@@ -120,6 +120,19 @@ def moved_key_error(key: str) -> ConfigError | None:
     return ConfigError(f"Config error: '{key}' is no longer a key; {MOVED_KEYS[key]}.")
 
 
+def hf_only_key_error(key: str, missing: str | None = None) -> ConfigError | None:
+    """model.peft / model.lora.* given to a model family that has neither key (the scratch encoder);
+    `missing`: the key the model node lacks, when `key` is one under it."""
+    if (missing or key) not in ("model.peft", "model.lora"):
+        return None
+    return ConfigError(
+        f"Config error: '{key}': LoRA (model.peft=lora) applies to pretrained Hugging Face encoders "
+        "(model=minilm, bert_base, distilbert, roberta_base, or model=hf with model.name_or_path); the scratch "
+        "encoder has no pretrained weights to keep frozen and trains all of its weights. Drop model.peft, "
+        "or pick a pretrained model."
+    )
+
+
 def renamed_key_error(key: str, allowed: list[str], value: Any = None) -> ConfigError | None:
     """The error for a key that was renamed (config.RENAMED_KEYS) to one this section has, or whose setting
     moved elsewhere (config.MOVED_KEYS); else None."""
@@ -248,7 +261,8 @@ def format_config_error(ex: BaseException) -> str | None:
     header = " ".join(str(ex).split()) if cause is not ex else ""
     if isinstance(cause, (ConfigKeyError, ConfigAttributeError)):
         overridden = re.search(r"Could not override '([^']+)'", header)  # a key under a missing one
-        moved = moved_key_error(overridden.group(1) if overridden else full_key)
+        key = overridden.group(1) if overridden else full_key
+        moved = moved_key_error(key) or hf_only_key_error(key, full_key)
         if moved is not None:
             return str(moved)
         target = _node_target(getattr(cause, "parent_node", None))

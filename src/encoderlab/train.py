@@ -34,6 +34,7 @@ from encoderlab.errors import ConfigError, EncoderlabError
 from encoderlab.models.classifier import SequenceClassifier
 from encoderlab.models.files import check_model_source, check_vocabulary
 from encoderlab.models.hf_encoder import HFEncoderClassifier
+from encoderlab.models.lora import ADAPTER_DIR, save_adapter
 from encoderlab.models.losses import build_loss
 from encoderlab.models.scratch import ScratchEncoder
 from encoderlab.models.trained import write_metadata
@@ -230,6 +231,9 @@ def setup_model(cfg: DictConfig, dm: TextClassificationDataModule, tokenizer, ru
     n_params = sum(p.numel() for p in net.parameters())
     n_train = sum(p.numel() for p in net.parameters() if p.requires_grad)
     run.log_metrics({"model/parameters": n_params, "model/trainable_parameters": n_train})
+    log.info(
+        "Trainable parameters: %s of %s (%.2f%%)", f"{n_train:,}", f"{n_params:,}", 100 * n_train / n_params
+    )
     return net, module
 
 
@@ -384,6 +388,8 @@ def export(
             text_pairs=pairs,
             **extra,
         )
+        # with LoRA: the adapter alone too (model/ holds it merged), for those who load it with peft
+        adapter = isinstance(net, HFEncoderClassifier) and save_adapter(net.hf_model, run_dir / ADAPTER_DIR)
         if not run.enabled:
             return
         example = [str(t) for t in dm.prepared.splits["test"]["text"][:3]]
@@ -394,9 +400,11 @@ def export(
             pairs=pairs,
             example=example,
             multilabel=thresholds is not None,
-            hf_parts=(net.hf_model, tokenizer) if isinstance(net, HFEncoderClassifier) else None,
+            hf_parts=(net.plain_model(), tokenizer) if isinstance(net, HFEncoderClassifier) else None,
         )
         run.log_artifact(mlflow_dir, mlflow_model.ARTIFACT)
+        if adapter:
+            run.log_artifact(run_dir / ADAPTER_DIR, ADAPTER_DIR)
         if cfg.logger.get("register_model"):
             run.register_model(cfg.logger.register_model, mlflow_model.ARTIFACT)
     if cfg.logger.log_checkpoint and best:

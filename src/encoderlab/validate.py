@@ -11,6 +11,7 @@ from encoderlab.config import ALLOWED_VALUES, SCHEMAS, HFModelConfig, ScratchMod
 from encoderlab.errors import (
     ConfigError,
     heads_error,
+    hf_only_key_error,
     installed,
     moved_key_error,
     renamed_key_error,
@@ -56,7 +57,7 @@ def _check_known_keys(cfg: DictConfig, root: type | None = None) -> None:
         extra = [k for k in node if k not in allowed and not (section == "" and k == "hydra")]
         if extra:
             key = f"{(section + '.') if section else ''}{extra[0]}"
-            renamed = renamed_key_error(key, allowed, node[extra[0]])
+            renamed = renamed_key_error(key, allowed, node[extra[0]]) or hf_only_key_error(key)
             if renamed is not None:
                 raise renamed
             where = section or "the top level"
@@ -424,11 +425,50 @@ def _check_training(cfg: DictConfig) -> None:
         raise ConfigError(
             "Config error: 'model.name_or_path' is required: a Hub model id or a local save_pretrained directory."
         )
+    if family is HFModelConfig:
+        _check_peft(cfg.model)
     elif family is None and "_target_" not in cfg.model:
         raise ConfigError(
             "Config error: 'model._target_' is required: the import path of the model class to build, "
             "e.g. my_package.models.MyClassifier (or pick a built-in model, e.g. model=minilm or model=scratch_tiny)."
         )
+
+
+def _check_peft(model: DictConfig) -> None:
+    """model.peft and model.lora.* of an HF encoder; peft installed when LoRA is on."""
+    from encoderlab.config import LoraSettings
+
+    if model.peft not in (None, "lora"):
+        _fail("model.peft", model.peft, "null (train every weight) or lora (LoRA adapters, peft library)")
+    lora = model.lora
+    extra = [k for k in lora if k not in {f.name for f in dataclasses.fields(LoraSettings)}]
+    if extra:
+        allowed = ", ".join(f.name for f in dataclasses.fields(LoraSettings))
+        raise ConfigError(
+            f"Config error: unknown key 'model.lora.{extra[0]}'. Keys allowed in model.lora: {allowed}."
+        )
+    if model.peft is None:
+        return
+    if lora.r < 1:
+        _fail("model.lora.r", lora.r, "an integer >= 1 (the adapters' rank)")
+    if not (_is_number(lora.alpha) and lora.alpha > 0):
+        _fail("model.lora.alpha", lora.alpha, "a number > 0 (adapter updates are scaled by alpha / r)")
+    if not 0 <= lora.dropout < 1:
+        _fail("model.lora.dropout", lora.dropout, "a float in [0, 1)")
+    targets = lora.target_modules
+    names = OmegaConf.to_object(targets) if isinstance(targets, ListConfig) else targets
+    if not (
+        names is None
+        or (isinstance(names, str) and names)
+        or (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names))
+    ):
+        _fail(
+            "model.lora.target_modules",
+            names,
+            "null (the architecture's default: the attention query/value layers), a non-empty list of linear "
+            "layer names such as [query, value] (q_lin, v_lin on DistilBERT), or all-linear",
+        )
+    require_extra("peft", "peft", "peft", "model.peft=lora (LoRA adapters)")
 
 
 def check_targets(cfg: DictConfig) -> None:

@@ -88,6 +88,8 @@ class HFEncoderClassifier(nn.Module):
         attn_implementation: str | None = "auto",
         trust_remote_code: bool = False,
         tokenizer: PreTrainedTokenizerBase | None = None,  # the checkpoint's own: nothing to size from it
+        peft: str | None = None,
+        lora: dict | None = None,
     ) -> None:
         super().__init__()
         id2label = {int(k): v for k, v in (id2label or {i: str(i) for i in range(num_labels)}).items()}
@@ -107,12 +109,13 @@ class HFEncoderClassifier(nn.Module):
                         setattr(config, attr, dropout)
             explicit = attn_implementation not in (None, "auto")
             kwargs = {"attn_implementation": attn_implementation} if explicit else {}
-            self.hf_model = AutoModelForSequenceClassification.from_pretrained(
+            self.hf_model, loading_info = AutoModelForSequenceClassification.from_pretrained(
                 name_or_path,
                 config=config,
                 revision=revision,
                 trust_remote_code=trust_remote_code,
                 ignore_mismatched_sizes=True,  # a checkpoint fine-tuned with another label set gets a new head
+                output_loading_info=True,
                 **kwargs,
             )
         except (OSError, ValueError) as ex:
@@ -130,6 +133,15 @@ class HFEncoderClassifier(nn.Module):
                 self.hf_model.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
+        self.peft = peft
+        if peft == "lora":  # wraps the model as loaded, frozen layers and checkpointing set
+            from encoderlab.models.lora import apply_lora, new_modules
+
+            self.hf_model = apply_lora(self.hf_model, lora or {}, new_modules(loading_info))
+        elif peft is not None:
+            raise EncoderlabError(
+                f"model.peft={peft!r} is not a PEFT method encoderlab knows: use null or lora."
+            )
 
     def _encoder_layers(self) -> nn.ModuleList | None:
         n = getattr(self.hf_model.config, "num_hidden_layers", None) or getattr(
@@ -214,10 +226,17 @@ class HFEncoderClassifier(nn.Module):
         finally:
             switch(previous)
 
+    def plain_model(self) -> nn.Module:
+        """The transformers model to export: `hf_model`, or with LoRA a merged copy of it (no peft needed
+        to load it)."""
+        from encoderlab.models.lora import merged
+
+        return merged(self.hf_model)
+
     def save_pretrained(
         self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
     ) -> None:
-        """A directory that `from_pretrained` and `transformers.pipeline` load."""
-        self.hf_model.save_pretrained(directory)
+        """A directory that `from_pretrained` and `transformers.pipeline` load (LoRA adapters merged)."""
+        self.plain_model().save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
