@@ -10,7 +10,51 @@ import torchmetrics.classification as tmc
 from torch import nn
 
 
-class ClassificationMetrics(nn.Module):
+class _BufferedMetrics(nn.Module):
+    """Batches are buffered and handed to the metrics in one update at compute(): per-batch updates cost
+    several ms of input checks each step, a tenth of a short-sentence CPU step. Subclasses list their
+    metrics (`_metrics`) and feed one concatenated update (`_update`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._probs: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+
+    def _metrics(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def _update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def persistent(self, mode: bool = True) -> None:
+        """Whether the accumulated state goes into state_dict (a checkpoint), buffered batches included."""
+        self._persistent = mode
+        for m in self._metrics():
+            m.persistent(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        if getattr(self, "_persistent", False):
+            self._flush()  # the buffered batches into the metrics' states, which state_dict holds
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
+        self._probs.append(probs.detach())
+        self._targets.append(targets.detach())
+
+    def _flush(self) -> None:
+        if not self._probs:
+            return
+        probs, targets = torch.cat(self._probs), torch.cat(self._targets)
+        self._probs, self._targets = [], []
+        self._update(probs, targets)
+
+    def reset(self) -> None:
+        self._probs, self._targets = [], []
+        for m in self._metrics():
+            m.reset()
+
+
+class ClassificationMetrics(_BufferedMetrics):
     """accuracy, macro/weighted F1, precision and recall, AUROC; binary F1 of class 1 when there are two
     classes. update(probs (N, C), targets (N,)), then compute() -> {name: value}."""
 
@@ -41,31 +85,11 @@ class ClassificationMetrics(nn.Module):
         else:
             self.positive = nn.ModuleDict({"auroc": tmc.MulticlassAUROC(average="macro", **mc)})
         self.confusion = tmc.MulticlassConfusionMatrix(**mc)
-        # Batches are buffered and handed to the twelve metrics in one update at compute(): per-batch
-        # updates cost several ms of input checks each step, a tenth of a short-sentence CPU step.
-        self._probs: list[torch.Tensor] = []
-        self._targets: list[torch.Tensor] = []
 
-    def persistent(self, mode: bool = True) -> None:
-        """Whether the accumulated state goes into state_dict (a checkpoint), buffered batches included."""
-        self._persistent = mode
-        for m in [*self.multiclass.values(), *self.positive.values(), self.confusion]:
-            m.persistent(mode)
+    def _metrics(self) -> list[nn.Module]:
+        return [*self.multiclass.values(), *self.positive.values(), self.confusion]
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        if getattr(self, "_persistent", False):
-            self._flush()  # the buffered batches into the metrics' states, which state_dict holds
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
-        self._probs.append(probs.detach())
-        self._targets.append(targets.detach())
-
-    def _flush(self) -> None:
-        if not self._probs:
-            return
-        probs, targets = torch.cat(self._probs), torch.cat(self._targets)
-        self._probs, self._targets = [], []
+    def _update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         for metric in self.multiclass.values():
             metric.update(probs, targets)
         scores = probs[:, 1] if self.num_classes == 2 else probs
@@ -83,11 +107,6 @@ class ClassificationMetrics(nn.Module):
         self._flush()
         return self.confusion.compute()
 
-    def reset(self) -> None:
-        self._probs, self._targets = [], []
-        for m in [*self.multiclass.values(), *self.positive.values(), self.confusion]:
-            m.reset()
-
 
 def metric_name(label: str) -> str:
     """A label as part of an MLflow metric key (letters, digits, _ - . only)."""
@@ -97,7 +116,7 @@ def metric_name(label: str) -> str:
 THRESHOLDED = ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "subset_accuracy", "hamming_loss")
 
 
-class MultilabelMetrics(nn.Module):
+class MultilabelMetrics(_BufferedMetrics):
     """torchmetrics' multilabel family at one decision threshold (a label is predicted when its
     probability is above it): micro/macro F1, precision and recall, subset accuracy (exact match),
     Hamming loss, label-ranking average precision, macro AUROC, and f1_<label> per label.
@@ -128,33 +147,13 @@ class MultilabelMetrics(nn.Module):
                 "auroc": tmc.MultilabelAUROC(average="macro", **n),
             }
         )
-        self._probs: list[torch.Tensor] = []
-        self._targets: list[torch.Tensor] = []
 
     def _metrics(self) -> list[nn.Module]:
         return [*self.thresholded.values(), *self.ranking.values()]
 
-    def persistent(self, mode: bool = True) -> None:
-        self._persistent = mode
-        for m in self._metrics():
-            m.persistent(mode)
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        if getattr(self, "_persistent", False):
-            self._flush()
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-
-    def update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
-        self._probs.append(probs.detach())
-        self._targets.append(targets.detach())
-
-    def _flush(self) -> None:
-        if not self._probs:
-            return
-        probs, targets = torch.cat(self._probs).float(), torch.cat(self._targets).round().long()
-        self._probs, self._targets = [], []
+    def _update(self, probs: torch.Tensor, targets: torch.Tensor) -> None:
         for metric in self._metrics():
-            metric.update(probs, targets)
+            metric.update(probs.float(), targets.round().long())
 
     def compute(self) -> dict[str, torch.Tensor]:
         self._flush()
@@ -168,11 +167,6 @@ class MultilabelMetrics(nn.Module):
         """No C x C confusion matrix for multi-label predictions (the report draws co-occurrence)."""
         self._flush()
         return None
-
-    def reset(self) -> None:
-        self._probs, self._targets = [], []
-        for m in self._metrics():
-            m.reset()
 
 
 def multilabel_at_thresholds(
