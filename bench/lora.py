@@ -110,7 +110,7 @@ def main() -> None:
         print(name, json.dumps(runs[name]), flush=True)
     result = {
         "benchmark": "lora_vs_full_minilm_sst2",
-        "machine": f"{platform.machine()}, CPU only, shared with other jobs (runs back to back)",
+        "machine": f"{platform.machine()}, CPU only, 2 cores (runs back to back)",
         "train_rows": args.train,
         "validation_rows": 872,
         "epochs": args.epochs,
@@ -118,7 +118,7 @@ def main() -> None:
         "runs": runs,
         "note": "Same seed, data and thread count; only the model.peft / learning-rate overrides differ. "
         "samples/s counts training steps only (validation excluded); peak RSS is the training process's. "
-        "The CPU was shared with other jobs, so absolute speeds are noisy; the two runs ran back to back.",
+        "The two runs ran back to back on an otherwise idle machine.",
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "lora.json").write_text(json.dumps(result, indent=2) + "\n")
