@@ -279,7 +279,8 @@ def test_units_pair_seeds_and_folds():
         {
             "run_id": list("abcd"),
             "params.seed": ["1", "1", "2", "3"],
-            "params.dataset.cv.fold": ["0", "1", "0", None],
+            "params.dataset.cv.fold": ["0", "1", "0", "0"],  # runs without CV log fold 0 too
+            "params.dataset.cv.folds": ["5", "5", "5", "None"],
         }
     )
     assert run_units(frame).tolist() == ["seed=1/fold=0", "seed=1/fold=1", "seed=2/fold=0", "seed=3"]
