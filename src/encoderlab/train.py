@@ -373,7 +373,14 @@ def export(
             backend.no_truncation()
         if thresholds is not None and isinstance(net, HFEncoderClassifier):  # pipelines: sigmoid per label
             net.hf_model.config.problem_type = "multi_label_classification"
-        net.save_pretrained(model_dir, tokenizer)
+        plain = None
+        if isinstance(
+            net, HFEncoderClassifier
+        ):  # with LoRA a merged copy: made once, saved and given to MLflow
+            plain = net.plain_model()
+            net.save_pretrained(model_dir, tokenizer, plain=plain)
+        else:
+            net.save_pretrained(model_dir, tokenizer)
         family = {ScratchEncoder: "scratch", HFEncoderClassifier: "hf"}.get(type(net), type(net).__qualname__)
         extra = {"run_id": run.run_id} if run.run_id else {}  # predict <run id> trusts only its own model
         if thresholds is not None:
@@ -400,7 +407,7 @@ def export(
             pairs=pairs,
             example=example,
             multilabel=thresholds is not None,
-            hf_parts=(net.plain_model(), tokenizer) if isinstance(net, HFEncoderClassifier) else None,
+            hf_parts=(plain, tokenizer) if plain is not None else None,
         )
         run.log_artifact(mlflow_dir, mlflow_model.ARTIFACT)
         if adapter:

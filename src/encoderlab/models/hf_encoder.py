@@ -234,9 +234,13 @@ class HFEncoderClassifier(nn.Module):
         return merged(self.hf_model)
 
     def save_pretrained(
-        self, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
+        self,
+        directory: str | Path,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        plain: nn.Module | None = None,
     ) -> None:
-        """A directory that `from_pretrained` and `transformers.pipeline` load (LoRA adapters merged)."""
-        self.plain_model().save_pretrained(directory)
+        """A directory that `from_pretrained` and `transformers.pipeline` load (LoRA adapters merged).
+        `plain`: plain_model() when the caller already made it (with LoRA, merging copies the weights)."""
+        (plain if plain is not None else self.plain_model()).save_pretrained(directory)
         if tokenizer is not None:
             tokenizer.save_pretrained(directory)
