@@ -400,3 +400,65 @@ def skip_seen_batches(trainer: L.Trainer) -> None:
         batch_sampler.resume_at(trainer.current_epoch, done)
     else:
         log.warning("The train loader cannot skip what this epoch already trained on: the epoch restarts")
+
+
+class StepProfiler(L.Callback):
+    """Profiles training steps with torch.profiler: steps [skip, skip + steps) of the fit (forward,
+    backward, clipping and the optimizer step, with Lightning's own work between them). Writes to
+    `dirpath` (default <run dir>/profile, logged as the run's `profile` artifact):
+    - ops.txt: the top `row_limit` operators by self time, per step, grouped by input shape;
+    - trace.json: the timeline, for Perfetto (ui.perfetto.dev) or chrome://tracing.
+    Turn it on with `callbacks=profile`; the profiled steps run slower, so perf/* of that run are not
+    a speed measurement."""
+
+    def __init__(
+        self, skip: int = 20, steps: int = 10, row_limit: int = 25, dirpath: str | None = None
+    ) -> None:
+        if skip < 0 or steps < 1:
+            raise ValueError(
+                f"StepProfiler: skip must be >= 0 and steps >= 1, got skip={skip}, steps={steps}"
+            )
+        self.skip, self.steps, self.row_limit, self.dirpath = skip, steps, row_limit, dirpath
+        self._profiler: torch.profiler.profile | None = None
+        self._done = False
+        self.written: Path | None = None  # the folder written, once profiled
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if self._done or self._profiler is not None or trainer.global_step < self.skip:
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if pl_module.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._profiler = torch.profiler.profile(activities=activities, record_shapes=True)
+        self._profiler.__enter__()
+        self._first = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if self._profiler is not None and trainer.global_step - self._first >= self.steps:
+            self._finish(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._profiler is not None:  # the fit ended before `steps` steps: write what was profiled
+            self._finish(trainer)
+
+    def _finish(self, trainer: L.Trainer) -> None:
+        profiler, self._profiler = self._profiler, None
+        profiler.__exit__(None, None, None)
+        self._done = True
+        if not trainer.is_global_zero:
+            return
+        steps = max(trainer.global_step - self._first, 1)
+        out = Path(self.dirpath or Path(trainer.default_root_dir) / "profile")
+        out.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(out / "trace.json"))
+        sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        table = profiler.key_averages(group_by_input_shape=True).table(
+            sort_by=sort, row_limit=self.row_limit, max_name_column_width=40, max_shapes_column_width=60
+        )
+        header = (
+            f"torch.profiler: training steps {self._first}..{trainer.global_step - 1} ({steps} steps); "
+            f"times are totals over them (divide by {steps} for one step)\n"
+        )
+        (out / "ops.txt").write_text(header + table + "\n")
+        self.written = out
+        log.info("Profile of %d training steps: %s", steps, out / "ops.txt")

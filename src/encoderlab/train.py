@@ -26,7 +26,7 @@ from encoderlab import mlflow_model
 from encoderlab.analysis.analyze import analyze
 from encoderlab.analysis.figures import plot_confusion_matrix
 from encoderlab.analysis.report import predictions_frame
-from encoderlab.callbacks import DivergenceGuard, Throughput
+from encoderlab.callbacks import DivergenceGuard, StepProfiler, Throughput
 from encoderlab.data.datamodule import TextClassificationDataModule, cache_root
 from encoderlab.data.inputs import split_inputs
 from encoderlab.distributed import Handoff, end_of_run, hand_off
@@ -269,6 +269,9 @@ def fit(
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False)
     run.set_tags({"encoderlab.optimizer": type(trainer.optimizers[0]).__name__} if trainer.optimizers else {})
     run.log_metrics(throughput.metrics())
+    for callback in callbacks.values():
+        if isinstance(callback, StepProfiler) and callback.written is not None:
+            run.log_artifact(callback.written, "profile")
     return trainer, callbacks["checkpoint"]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
 from functools import partial
 
@@ -16,6 +17,7 @@ from encoderlab.models.losses import ClassificationLoss
 
 OptimizerFactory = Callable[[list[dict]], torch.optim.Optimizer]  # param groups -> optimizer
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]  # optimizer -> scheduler
+log = logging.getLogger(__name__)
 
 
 class SequenceClassifier(L.LightningModule):
@@ -146,21 +148,41 @@ class SequenceClassifier(L.LightningModule):
             metric.reset()
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Lightning refuses to clip for a fused optimizer under any AMP plugin (for fp16's loss scaling);
-        without a scaler (fp32, bf16) the gradients are at their true scale, so clip them directly."""
+        """Clips what Lightning would (by norm or value), also sparse gradients (LazyAdamW's embedding rows).
+        Lightning's own clipping refuses a fused optimizer under any AMP plugin and cannot read sparse
+        gradients; when this runs the gradients are at their true scale (fp16's are unscaled already)."""
         if gradient_clip_val is None:
             return
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        elif gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
-        elif self.device.type == "cpu":  # rescale only when over the limit: same result, one pass fewer
-            params = [p for p in self.parameters() if p.grad is not None]
-            total = torch.nn.utils.get_total_norm([p.grad for p in params])
-            if total > gradient_clip_val:
-                torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, total)
-        else:  # on a GPU the comparison would sync every step: always rescale (by min(1, max/norm))
-            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        grads = []
+        for p in self.parameters():
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:  # coalesced once here, so the optimizer sees one row per index
+                p.grad = p.grad.coalesce()
+                grads.append(p.grad.values())
+            else:
+                grads.append(p.grad)
+        if gradient_clip_algorithm == "value":
+            torch._foreach_clamp_min_(grads, -gradient_clip_val)
+            torch._foreach_clamp_max_(grads, gradient_clip_val)
+            return
+        total = torch.nn.utils.get_total_norm(grads)
+        # on a CPU rescale only when over the limit (same result, one pass fewer); on a GPU the comparison
+        # would sync every step, so always rescale (by min(1, max / norm))
+        if self.device.type != "cpu" or total > gradient_clip_val:
+            torch._foreach_mul_(grads, torch.clamp(gradient_clip_val / (total + 1e-6), max=1.0))
+
+    def _sparse_input_embedding(self, sparse: bool) -> bool:
+        """Switch the model's token embedding (its `input_embeddings()`) to sparse gradients or back;
+        False when the model has none that trains."""
+        layer = getattr(self.model, "input_embeddings", lambda: None)()
+        if not isinstance(layer, nn.Embedding) or not layer.weight.requires_grad:
+            return False
+        layer.sparse = sparse
+        return True
+
+    def on_fit_end(self) -> None:
+        self._sparse_input_embedding(False)  # analysis and export get the model as it was built
 
     def configure_optimizers(self):
         # nanoGPT's rule: matrices decay (the optimizer's weight_decay); biases and LayerNorm weights do not
@@ -177,6 +199,13 @@ class SequenceClassifier(L.LightningModule):
             self.device.type not in ("cpu", "cuda") or fp16_scaler
         ):
             make_optimizer = partial(make_optimizer, fused=None)
+        if getattr(getattr(make_optimizer, "func", make_optimizer), "sparse_gradients", False):
+            if self.trainer.world_size > 1:  # NCCL cannot all-reduce sparse gradients: plain AdamW then
+                log.info(
+                    "LazyAdamW with %d processes: the embedding's updates stay dense", self.trainer.world_size
+                )
+            elif self._sparse_input_embedding(True):
+                log.info("LazyAdamW: the input embedding updates only the rows each batch uses")
         optimizer = make_optimizer(groups)
         if self.scheduler_factory is None:
             return optimizer
