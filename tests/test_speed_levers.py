@@ -159,3 +159,89 @@ def test_profile_callback_writes_the_top_operators_of_training_steps(cli, tiny_b
     assert (run_dir / "profile" / "trace.json").stat().st_size > 1000
     (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("sst2_minilm").experiment_id])
     assert {"profile/ops.txt", "profile/trace.json"} <= artifacts(mlflow_client, run.info.run_id, "profile")
+
+
+def test_fast_dropout_masks_keep_one_minus_p_independently_and_repeat_under_a_seed():
+    from encoderlab.models.dropout import keep_mask
+
+    torch.manual_seed(0)
+    a = keep_mask(torch.Size([1000, 1000]), 0.1)
+    b = keep_mask(torch.Size([1000, 1000]), 0.1)
+    torch.manual_seed(0)
+    again = keep_mask(torch.Size([1000, 1000]), 0.1)
+    assert a.dtype == torch.bool and a.shape == (1000, 1000)
+    assert abs(a.float().mean().item() - 0.9) < 0.002  # 1e6 draws: sd 3e-4
+    assert torch.equal(a, again) and not torch.equal(a, b)
+    assert abs((a & b).float().mean().item() - 0.81) < 0.002  # independent calls
+    for p in (0.0, 0.5):
+        assert abs(keep_mask(torch.Size([200_000]), p).float().mean().item() - (1 - p)) < 0.01
+
+
+def test_fast_dropout_scales_what_it_keeps_and_its_gradient_like_torch():
+    from encoderlab.models.dropout import Dropout
+
+    drop = Dropout(0.25)
+    x = torch.randn(64, 128, requires_grad=True)
+    y = drop(x)
+    y.sum().backward()
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    drop.eval()
+    assert drop(x) is x
+
+
+def test_fast_dropout_swaps_every_dropout_and_leaves_the_weights_and_eval_outputs_alone(tiny_bert):
+    from transformers import AutoTokenizer
+
+    from encoderlab.models.dropout import ATTENTION, Dropout
+    from encoderlab.models.hf_encoder import HFEncoderClassifier
+
+    net = HFEncoderClassifier(str(tiny_bert), num_labels=2)
+    n_dropouts = sum(type(m) is nn.Dropout for m in net.modules())
+    batch = dict(
+        AutoTokenizer.from_pretrained(tiny_bert)(
+            ["a short text", "one more"], return_tensors="pt", padding=True
+        )
+    )
+    net.eval()
+    before, state = net(batch), {k: v.clone() for k, v in net.state_dict().items()}
+    assert net.use_fast_dropout() == n_dropouts > 0
+    assert not any(type(m) is nn.Dropout for m in net.modules())
+    assert sum(isinstance(m, Dropout) for m in net.modules()) == n_dropouts
+    torch.testing.assert_close(net(batch), before)
+    assert net.state_dict().keys() == state.keys()
+    net.train()
+    net(batch).sum().backward()  # a CPU training step takes the attention with the cheap dropout
+    assert net.hf_model.config._attn_implementation == ATTENTION
+
+
+@pytest.mark.slow
+def test_fast_dropout_trains_the_model_torch_dropout_trains(cli, tiny_bert, mlflow_client):
+    """fast_dropout (on by default on a CPU) against torch's dropout: loss curves and validation accuracy
+    alike; each run says which it used."""
+    common = [
+        "experiment=sst2_minilm",
+        f"model.name_or_path={tiny_bert}",
+        "dataset.max_train_samples=320",
+        "trainer.log_every_n_steps=1",
+        "trainer.val_check_interval=null",
+        "optimizer.lr=1e-3",
+        "analysis=none",
+        *FAST,
+    ]
+    for name, flag in (("fast", []), ("torch", ["fast_dropout=false"])):
+        res = cli("train", *common, *flag, f"run_name={name}")
+        assert res.code == 0, res.err
+    experiment = mlflow_client.get_experiment_by_name("sst2_minilm").experiment_id
+    runs = {r.data.tags["mlflow.runName"].split("-")[0]: r for r in mlflow_client.search_runs([experiment])}
+    assert runs["fast"].data.tags["encoderlab.fast_dropout"] == "true"
+    assert runs["torch"].data.tags["encoderlab.fast_dropout"] == "false"
+    curves = {
+        name: np.array([m.value for m in mlflow_client.get_metric_history(r.info.run_id, "train/loss_step")])
+        for name, r in runs.items()
+    }
+    assert len(curves["fast"]) == len(curves["torch"]) == 20
+    assert abs(curves["fast"].mean() - curves["torch"].mean()) < 0.05 * curves["torch"].mean()
+    acc = {name: r.data.metrics["val/accuracy"] for name, r in runs.items()}
+    assert abs(acc["fast"] - acc["torch"]) <= 0.03, acc

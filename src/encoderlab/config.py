@@ -256,6 +256,7 @@ class TrainConfig:
     seed: int = 42
     num_threads: int | None = None  # CPU intra-op threads; None: torch's default (the physical cores)
     compile: bool = False  # torch.compile the encoder; pair with dataset.pad_to_multiple_of to bound shapes
+    fast_dropout: bool | None = None  # CPU dropout masks from models/dropout.py; None: on for CPU training
     output_dir: str = "${hydra:runtime.output_dir}"
 
 

@@ -59,8 +59,33 @@ def training_precision(precision: str, accelerator: str) -> str:
         return precision
     from encoderlab.inference import resolve_precision
 
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if resolve_precision("auto", "cuda" if gpu else "cpu") == "bf16" else "32"
+    return (
+        "bf16-mixed"
+        if resolve_precision("auto", "cuda" if on_gpu(accelerator) else "cpu") == "bf16"
+        else "32"
+    )
+
+
+def on_gpu(accelerator: str) -> bool:
+    """Whether trainer.accelerator trains on a CUDA GPU."""
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def fast_dropout(cfg: DictConfig, net: torch.nn.Module) -> bool:
+    """models/dropout.py's CPU dropout for `net` when cfg.fast_dropout says so (null: CPU training without
+    torch.compile, whose own kernels draw masks cheaply); whether it is on."""
+    on = cfg.fast_dropout
+    if on is None:
+        on = not cfg.compile and not on_gpu(str(cfg.trainer.accelerator))
+    if not on:
+        return False
+    if hasattr(net, "use_fast_dropout"):  # HF encoders: the attention's dropout too
+        swapped = net.use_fast_dropout()
+    else:
+        from encoderlab.models.dropout import use_fast_dropout
+
+        swapped = use_fast_dropout(net)
+    return swapped > 0
 
 
 def make_callbacks(cfg: DictConfig, run_dir: Path) -> dict[str, L.Callback]:
@@ -226,6 +251,7 @@ def setup_model(cfg: DictConfig, dm: TextClassificationDataModule, tokenizer, ru
         loss=loss,
         task=dm.task,
     )
+    run.set_tags({"encoderlab.fast_dropout": str(fast_dropout(cfg, net)).lower()})
     if cfg.compile:  # the wrapper shares net's weights: export and analysis use net itself
         module.model = torch.compile(net)
     n_params = sum(p.numel() for p in net.parameters())

@@ -125,6 +125,7 @@ class HFEncoderClassifier(nn.Module):
         loaded = getattr(self.hf_model.config, "_attn_implementation", None)
         self._auto_attention = attn_implementation == "auto" and loaded == "sdpa"
         self._attention = loaded
+        self._cpu_train_attention = "eager"  # models/dropout.py's ATTENTION once use_fast_dropout() ran
         self._freeze(freeze_embeddings, freeze_layers)
         if gradient_checkpointing:
             if hasattr(self.hf_model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
@@ -184,7 +185,16 @@ class HFEncoderClassifier(nn.Module):
         """SDPA, except eager for a CPU training step of at most CPU_EAGER_MAX_TOKENS tokens: torch's CPU
         flash-attention backward is slow on short sequences."""
         train_on_cpu = self.training and ids.device.type == "cpu" and torch.is_grad_enabled()
-        return "eager" if train_on_cpu and ids.size(1) <= CPU_EAGER_MAX_TOKENS else "sdpa"
+        return self._cpu_train_attention if train_on_cpu and ids.size(1) <= CPU_EAGER_MAX_TOKENS else "sdpa"
+
+    def use_fast_dropout(self) -> int:
+        """models/dropout.py's CPU dropout: the model's nn.Dropout modules swapped, and the eager attention
+        of CPU training steps (attn_implementation=auto) with it. Returns the modules swapped."""
+        from encoderlab.models.dropout import ATTENTION, register_attention, use_fast_dropout
+
+        register_attention()
+        self._cpu_train_attention = ATTENTION
+        return use_fast_dropout(self.hf_model)
 
     def _use_attention(self, impl: str) -> None:
         if impl != self._attention:  # switching only swaps a function, no weights move

@@ -67,6 +67,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.dropout = cfg.dropout
+        self.attn_drop = nn.Dropout(cfg.dropout)  # the eager path's; a module, so fast_dropout swaps it
 
     def _eager(self, x: torch.Tensor) -> bool:
         if self.attn_implementation != "auto":
@@ -85,7 +86,7 @@ class SelfAttention(nn.Module):
         if need_weights or self._eager(x):  # same math as SDPA
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, T)
             weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            y = F.dropout(weights, self.dropout, self.training) @ v
+            y = self.attn_drop(weights) @ v
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
