@@ -119,6 +119,7 @@ CASES: dict[str, dict] = {
             "dataset.val_size=500",
             "dataset.max_length=256",
             "optimizer.lr=1e-3",
+            "~callbacks.early_stopping",  # the preset's patience, left without a callback by callbacks=default
         ],
         "hf_recipes": [("padmax", 8), ("dynpad", 8), ("best", 8)],
         "padmax_target": 2.0,
