@@ -44,7 +44,7 @@ def load_texts(dataset: str, split: str, n: int) -> tuple[list[str], list[str]]:
 
 
 def run_predict(
-    args, model: str, texts: list[str], labels: list[str], precision: str
+    args, model: str, texts: list[str], labels: list[str], precision: str, backend: str = "torch"
 ) -> tuple[dict, pd.DataFrame]:
     """`encoderlab predict` as a user runs it, timed from command to exit."""
     with tempfile.TemporaryDirectory() as work:
@@ -65,6 +65,8 @@ def run_predict(
             str(args.max_length),
             "--precision",
             precision,
+            "--backend",
+            backend,
         ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -76,6 +78,7 @@ def run_predict(
             cmd[:2] + ["<model>", "--file", "<texts.parquet>", "--output", "<csv>"] + cmd[8:]
         ),
         "precision": precision,
+        "backend": backend,
         "wall_seconds": round(wall, 1),
         "texts_per_second": round(len(texts) / wall, 2),  # including start-up and model loading
         "texts_per_second_inference": inner,
@@ -91,8 +94,11 @@ def compare(
     precisions: list[str] = ("32",),
     batch_size: int = 64,
     pipeline_batch_size: int = 1,
+    pipeline_dtype: str = "32",
+    onnx_model: str | None = None,
 ) -> dict:
-    """encoderlab predict (one run per precision) and the pipeline on the same texts."""
+    """encoderlab predict (one run per precision, plus ONNX Runtime on `onnx_model`'s model.onnx when
+    given) and the pipeline (`pipeline_dtype` "bf16" loads the weights in bfloat16) on the same texts."""
     import torch
     from transformers import pipeline
 
@@ -107,35 +113,38 @@ def compare(
         "runs": {},
     }
     ours: dict[str, pd.DataFrame] = {}
-    for precision in precisions:
-        result["runs"][f"encoderlab_predict_{precision}"], ours[precision] = run_predict(
-            args, model, texts, labels, precision
-        )
-        print(json.dumps(result["runs"][f"encoderlab_predict_{precision}"], indent=2), flush=True)
+    jobs = [(f"encoderlab_predict_{p}", model, p, "torch") for p in precisions]
+    if onnx_model is not None:  # the fp32 graph: --precision bf16 is a torch-only setting
+        jobs.append(("encoderlab_predict_onnxruntime", str(Path(onnx_model).resolve()), "32", "onnxruntime"))
+    for label, source, precision, backend in jobs:
+        result["runs"][label], ours[label] = run_predict(args, source, texts, labels, precision, backend)
+        print(json.dumps(result["runs"][label], indent=2), flush=True)
 
-    clf = pipeline("text-classification", model=model, device="cpu")
+    dtype = torch.bfloat16 if pipeline_dtype == "bf16" else torch.float32
+    clf = pipeline("text-classification", model=model, device="cpu", dtype=dtype)
     start = time.perf_counter()
     outs = clf(texts, truncation=True, max_length=max_length, batch_size=pipeline_batch_size)
     seconds = time.perf_counter() - start
     theirs = np.array([o["label"] for o in outs])
     pipe = {
-        "call": f'pipeline("text-classification", model, device="cpu")(texts, truncation=True, '
-        f"max_length={max_length}, batch_size={pipeline_batch_size})",
-        "precision": "32",
+        "call": f'pipeline("text-classification", model, device="cpu", dtype={dtype})(texts, '
+        f"truncation=True, max_length={max_length}, batch_size={pipeline_batch_size})",
+        "precision": pipeline_dtype,
         "seconds": round(seconds, 1),
         "texts_per_second": round(len(texts) / seconds, 2),
         "accuracy": round(float(np.mean(theirs == np.array(labels))), 4),
     }
     result["runs"]["transformers_pipeline"] = pipe
-    for precision, frame in ours.items():
-        entry = result["runs"][f"encoderlab_predict_{precision}"]
+    for label, frame in ours.items():
+        entry = result["runs"][label]
         entry["prediction_agreement_with_pipeline"] = round(
             float(np.mean(frame["label"].to_numpy() == theirs)), 4
         )
         entry["speedup_vs_pipeline"] = round(entry["texts_per_second"] / pipe["texts_per_second"], 2)
-    result["speedup_vs_pipeline"] = result["runs"][f"encoderlab_predict_{precisions[0]}"][
-        "speedup_vs_pipeline"
-    ]
+        entry["speedup_vs_pipeline_inference_only"] = round(
+            entry["texts_per_second_inference"] / pipe["texts_per_second"], 2
+        )
+    result["speedup_vs_pipeline"] = result["runs"][jobs[0][0]]["speedup_vs_pipeline"]
     return result
 
 
@@ -157,6 +166,13 @@ def main() -> None:
         help="encoderlab predict --precision (several: one run each)",
     )
     parser.add_argument("--pipeline-batch-size", type=int, default=1, help="1 is the pipeline's default")
+    parser.add_argument(
+        "--pipeline-dtype", choices=("32", "bf16"), default="32", help="the pipeline's weights"
+    )
+    parser.add_argument(
+        "--onnx-model",
+        help="an `encoderlab export --format onnx` directory: adds a --backend onnxruntime run",
+    )
     args = parser.parse_args()
 
     texts, labels = load_texts(args.dataset, args.split, args.n)
@@ -170,6 +186,8 @@ def main() -> None:
             args.precision,
             args.batch_size,
             args.pipeline_batch_size,
+            args.pipeline_dtype,
+            args.onnx_model,
         ),
     }
     RESULTS.mkdir(exist_ok=True)
