@@ -106,11 +106,9 @@ def test_clipping_reads_and_scales_sparse_gradients():
     assert float(module.model.emb.weight.grad.values().abs().max()) == pytest.approx(1e-3)
 
 
-@pytest.mark.slow
-def test_lazy_adamw_trains_the_model_adamw_trains(cli, tiny_bert, mlflow_client):
-    """The same run with optimizer=lazy_adamw and with adamw: loss curves within a few percent, the same
-    validation accuracy within 2 points; test and export ran on the model as built."""
-    common = [
+def _comparison_run(tiny_bert) -> list[str]:
+    """A tiny SST-2 run logging every step's loss and validating once: two of them compare a lever."""
+    return [
         "experiment=sst2_minilm",
         f"model.name_or_path={tiny_bert}",
         "dataset.max_train_samples=320",
@@ -120,6 +118,13 @@ def test_lazy_adamw_trains_the_model_adamw_trains(cli, tiny_bert, mlflow_client)
         "analysis=none",
         *FAST,
     ]
+
+
+@pytest.mark.slow
+def test_lazy_adamw_trains_the_model_adamw_trains(cli, tiny_bert, mlflow_client):
+    """The same run with optimizer=lazy_adamw and with adamw: loss curves within a few percent, the same
+    validation accuracy within 2 points; test and export ran on the model as built."""
+    common = _comparison_run(tiny_bert)
     runs = {}
     for optimizer in ("adamw", "lazy_adamw"):
         res = cli("train", *common, f"optimizer={optimizer}", f"run_name={optimizer}")
@@ -220,16 +225,7 @@ def test_fast_dropout_swaps_every_dropout_and_leaves_the_weights_and_eval_output
 def test_fast_dropout_trains_the_model_torch_dropout_trains(cli, tiny_bert, mlflow_client):
     """fast_dropout (on by default on a CPU) against torch's dropout: loss curves and validation accuracy
     alike; each run says which it used."""
-    common = [
-        "experiment=sst2_minilm",
-        f"model.name_or_path={tiny_bert}",
-        "dataset.max_train_samples=320",
-        "trainer.log_every_n_steps=1",
-        "trainer.val_check_interval=null",
-        "optimizer.lr=1e-3",
-        "analysis=none",
-        *FAST,
-    ]
+    common = _comparison_run(tiny_bert)
     for name, flag in (("fast", []), ("torch", ["fast_dropout=false"])):
         res = cli("train", *common, *flag, f"run_name={name}")
         assert res.code == 0, res.err
