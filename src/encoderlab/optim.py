@@ -68,7 +68,8 @@ class LazyAdamW(torch.optim.AdamW):
             g = -g
         state = self.state[p]
         if not state:  # the layout torch's AdamW uses, so state dicts are interchangeable
-            state["step"] = torch.tensor(0.0, dtype=torch.float32, device=p.device)
+            # on the host, as AdamW keeps it unfused: reading it each step costs no device sync
+            state["step"] = torch.tensor(0.0, dtype=torch.float32)
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["step"] += 1
