@@ -49,7 +49,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """'auto': bf16 autocast where the hardware runs it natively, else fp32."""
+    """'auto': bf16 where the hardware runs it natively, else fp32."""
     if precision != "auto":
         return precision
     if torch.device(device).type == "cuda":
@@ -73,7 +73,8 @@ def predict_proba(
     multilabel: bool = False,
 ) -> Predictions:
     """Class probabilities for `texts` (in input order). mc_dropout=N>0 averages N stochastic passes;
-    precision "bf16" runs the forward pass under bfloat16 autocast (CPUs with AVX512-BF16/AMX, GPUs).
+    precision "bf16" runs the forward pass in bfloat16 (CPUs with AVX512-BF16/AMX, GPUs): under autocast, or
+    as it is when the net's weights are bf16 already.
     progress: a tqdm bar over the batches (None: only on a terminal), labelled `desc`. multilabel: each
     label's sigmoid probability instead of the softmax over classes."""
     import time
@@ -97,7 +98,12 @@ def predict_proba(
         batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
         results: list[np.ndarray] = []
         device_type = torch.device(device).type
-        autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
+        # a net already cast to bf16 (as `encoderlab predict` does) runs as it is: autocast would only cast
+        # activations back and forth around the ops it keeps in fp32
+        fp32_weights = any(p.dtype == torch.float32 for p in net.parameters())
+        autocast = torch.autocast(
+            device_type, dtype=torch.bfloat16, enabled=precision == "bf16" and fp32_weights
+        )
         with torch.inference_mode(), autocast:
             disable = None if progress is None else not progress
             for idx in tqdm(batches, desc=desc, unit="batch", disable=disable):

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("auto", "32", "bf16"),
         default="auto",
-        help="auto (default): bf16 autocast where the CPU (AVX512-BF16/AMX) or GPU runs it natively, else 32",
+        help="auto (default): bf16 weights where the CPU (AVX512-BF16/AMX) or GPU runs it natively, else 32",
     )
     p.add_argument(
         "--backend",
@@ -176,6 +176,8 @@ def main(argv: list[str]) -> int:
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         precision = resolve_precision(args.precision, device)
+        if precision == "bf16":  # cast once: ~10% faster on a CPU than autocast re-casting every batch
+            net = net.to(torch.bfloat16)
     max_length = min(args.max_length or loaded.max_length, loaded.max_positions)
     out = predict_proba(
         net,
@@ -256,7 +258,7 @@ def check_backend(args: argparse.Namespace) -> None:
 def _engine(args: argparse.Namespace, precision: str) -> str:
     if args.backend == "onnxruntime":
         return f"ONNX Runtime {'int8' if args.quantized else 'fp32'}"
-    return "bf16 autocast" if precision == "bf16" else "fp32"
+    return "bf16" if precision == "bf16" else "fp32"
 
 
 def _print_rows(rows: list[dict], names: list[str], with_std: bool) -> None:
