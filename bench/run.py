@@ -24,8 +24,11 @@ GPU cases (run them where CUDA is; on a CPU they run too, slowly, which --quick 
                 synthetic IMDb-length reviews (2,000 train, max_length 512, a learnable label)
   gpu_minilm    MiniLM on IMDb, 4,000 train reviews, max_length 256
   Both add HF Trainer bf16 with dynamic padding (`hf_dynpad_bs8_bf16`) and the HF best settings with
-  `torch_compile=True` (`hf_best_compile_bs8`, CUDA only; the faster HF best row counts), and report model
-  TFLOP/s and MFU against the card's dense bf16 peak (BF16_PEAK_TFLOPS by device name, or --peak-tflops).
+  `torch_compile=True` (`hf_best_compile_bs8`, CUDA only; the faster HF best row counts), encoderlab with
+  `trainer=gpu` and an `encoderlab_compile` row (compile=true, lengths bucketed to multiples of 64; CUDA
+  only), and report model TFLOP/s and MFU against the card's dense bf16 peak (BF16_PEAK_TFLOPS by device
+  name, or --peak-tflops). Offline, run them with USE_HUB_KERNELS=0 (transformers on CUDA otherwise asks the
+  Hub for kernels when it loads a model).
 
 HF rows (all batch 8 unless named; no warmup, no weight decay, max_grad_norm 1.0: TrainingArguments'
 defaults; evaluation after training):
