@@ -184,6 +184,7 @@ ENCODERLAB_VARIANTS: dict[str, list[str]] = {
     "encoderlab_compile": ["compile=true", "dataset.pad_to_multiple_of=64"],
 }
 HEADLINE = "encoderlab"
+CPU_COMPILE_SKIPPED = "runs only where CUDA is (a CPU inductor compile costs minutes)"
 SPEEDUP_VS_HF_BEST_TARGET = 1.3
 ENCODERLAB_LEVERS = [
     "dataset.batch_size=8",
@@ -627,9 +628,7 @@ def run_case(name: str, model: str, quick: bool = False, peak_tflops: float | No
     for padding, bs, *flags in case["hf_recipes"]:
         label = hf_label(padding, bs, flags)
         if "compile" in flags and not torch.cuda.is_available():
-            skipped[label] = (
-                "torch_compile=True runs only where CUDA is (a CPU inductor compile costs minutes)"
-            )
+            skipped[label] = f"torch_compile=True {CPU_COMPILE_SKIPPED}"
             continue
         print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
         rows[label] = _spawn(
@@ -654,7 +653,7 @@ def run_case(name: str, model: str, quick: bool = False, peak_tflops: float | No
     for label, extra in variants.items():
         print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
         if "compile=true" in extra and not torch.cuda.is_available():
-            skipped[label] = "compile=true runs only where CUDA is (a CPU inductor compile costs minutes)"
+            skipped[label] = f"compile=true {CPU_COMPILE_SKIPPED}"
             continue
         commands[label] = [*overrides, *ENCODERLAB_LEVERS, *extra]
         try:
