@@ -651,10 +651,10 @@ def run_case(name: str, model: str, quick: bool = False, peak_tflops: float | No
     variants = {label: ENCODERLAB_VARIANTS[label] for label in case["variants"]}
     commands = {}
     for label, extra in variants.items():
-        print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
         if "compile=true" in extra and not torch.cuda.is_available():
             skipped[label] = f"compile=true {CPU_COMPILE_SKIPPED}"
             continue
+        print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
         commands[label] = [*overrides, *ENCODERLAB_LEVERS, *extra]
         try:
             r = _spawn("encoderlab", {"overrides": commands[label], "started_at": time.time()})
